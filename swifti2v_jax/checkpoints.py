@@ -1,0 +1,88 @@
+"""Model checkpoints on disk: an Orbax parameter tree plus the model config as JSON.
+
+Layout of a converted model directory::
+
+    DIR/config.json   {"kind": "dit" | "vae" | "t5", "config": {...}, ...extra metadata}
+    DIR/params/       Orbax StandardCheckpointer tree of numpy arrays
+
+`save` writes into a temporary sibling and renames it into place, so a crash or an error
+never leaves a directory that `load` would take for a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or of the wrong kind."""
+
+
+def _to_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def write_model_dir(path: str | os.PathLike, kind: str, config: dict, params, **metadata) -> None:
+    """Writes `params` and `config` into `path` (which must not exist yet), non-atomically.
+
+    Callers that need atomicity write into a temporary directory and rename (see `save`).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=False)
+    with open(path / CONFIG_FILE, "w") as f:
+        json.dump({"kind": kind, "config": config, **metadata}, f, indent=2, sort_keys=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((path / PARAMS_DIR).absolute(), _to_numpy(params))
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def save(path: str | os.PathLike, kind: str, config: dict, params, **metadata) -> Path:
+    """Atomically writes a model directory; refuses to overwrite an existing one."""
+    path = Path(path).absolute()
+    if path.exists():
+        raise CheckpointError(f"{path} already exists; remove it or choose another output path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write_model_dir(tmp / "model", kind, config, params, **metadata)
+        os.replace(tmp / "model", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file() or not (path / PARAMS_DIR).is_dir():
+        raise CheckpointError(
+            f"{path} is not a converted swifti2v-jax model directory (expected {CONFIG_FILE} and "
+            f"{PARAMS_DIR}/); convert the PyTorch weights first with `python -m conversion`"
+        )
+    with open(config_file) as f:
+        return json.load(f)
+
+
+def load(path: str | os.PathLike, kind: str | None = None) -> tuple[dict, Any]:
+    """Returns (config dict, params pytree of numpy arrays) of a converted model directory."""
+    path = Path(path).absolute()
+    meta = read_metadata(path)
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, expected {kind!r}")
+    checkpointer = ocp.StandardCheckpointer()
+    params = checkpointer.restore(path / PARAMS_DIR)
+    checkpointer.close()
+    return meta["config"], _to_numpy(params)
