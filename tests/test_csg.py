@@ -1,0 +1,158 @@
+"""The CSG engine: exactness vs end-to-end, read-only ablation, one compilation per run."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dit as dit_configs
+from swifti2v_jax.models.dit import DiTConfig, WanDiT, init_params
+from swifti2v_jax.sampling import csg, segments
+
+HW = (4, 4)  # latent height/width: 4 tokens per block after the 2x2 patch
+
+
+def _model(preset="tiny_concat"):
+    config = DiTConfig.from_dict(dit_configs.get_config(preset))
+    return config, init_params(config, jax.random.key(0))
+
+
+def _clip(num_blocks, channels=48, seed=0):
+    rng = np.random.default_rng(seed)
+    z_ref = jnp.asarray(rng.standard_normal((1, num_blocks, *HW, channels)), jnp.float32)
+    context = jnp.asarray(rng.standard_normal((1, 5, 32)), jnp.float32)
+    return z_ref, z_ref[:, :1], context
+
+
+def _generate(config, params, csg_config, num_blocks, denoiser=None, on_segment=None):
+    z_ref, anchor, context = _clip(num_blocks)
+    return csg.generate(
+        params,
+        config,
+        csg_config,
+        z_ref=z_ref,
+        anchor=anchor,
+        context=context,
+        uncond_context=jnp.zeros_like(context),
+        key=jax.random.key(1),
+        denoiser=denoiser,
+        on_segment=on_segment,
+    )
+
+
+@pytest.mark.parametrize("solver", ["euler", "unipc"])
+def test_csg_covering_the_clip_equals_end_to_end(solver):
+    config, params = _model()
+    base = dict(solver=solver, schedule="euler" if solver == "euler" else "unipc", steps=3)
+    e2e = _generate(config, params, csg.CSGConfig(end_to_end=True, **base), 5)
+    covering = _generate(config, params, csg.CSGConfig(noisy_blocks=4, neighbours=1, **base), 5)
+    np.testing.assert_array_equal(np.asarray(covering), np.asarray(e2e))
+    # Segmenting the same clip is a different computation (sanity: the test can fail).
+    split = _generate(config, params, csg.CSGConfig(noisy_blocks=2, neighbours=1, **base), 5)
+    assert np.max(np.abs(np.asarray(split) - np.asarray(e2e))) > 1e-4
+
+
+def test_guidance_runs_and_differs():
+    config, params = _model()
+    plain = _generate(config, params, csg.CSGConfig(steps=2, guide_scale=1.0), 4)
+    guided = _generate(config, params, csg.CSGConfig(steps=2, guide_scale=3.0), 4)
+    assert np.isfinite(np.asarray(guided)).all()
+    assert np.max(np.abs(np.asarray(guided) - np.asarray(plain))) > 1e-5
+
+
+@pytest.mark.parametrize(
+    "attention, context_changes", [("read_only", False), ("bidirectional", True)]
+)
+def test_read_only_context_ignores_noisy_blocks(attention, context_changes):
+    config, params = _model()
+    model = WanDiT(config)
+    window = segments.window_for_start(9, 2, 2, 5)  # [0, 3, 4 | 5, 6]
+    blocks, is_noisy = window.as_arrays()
+    z_ref, _, context = _clip(9)
+    latents = z_ref[:, blocks]
+    mask = csg.read_only_mask(jnp.asarray(is_noisy), 1) if attention == "read_only" else None
+
+    def run(lat):
+        inputs, t = csg.window_model_input(
+            lat, z_ref[:, blocks], jnp.asarray(is_noisy), 700, "concat"
+        )
+        return np.asarray(model.apply({"params": params}, inputs, t, context, blocks[None], mask))
+
+    perturbed = latents.at[:, -1].add(1.0)  # change one noisy block
+    a, b = run(latents), run(perturbed)
+    context_diff = np.max(np.abs(a[:, ~is_noisy] - b[:, ~is_noisy]))
+    if context_changes:
+        assert context_diff > 1e-5
+    else:
+        assert context_diff == 0.0
+    assert np.max(np.abs(a[:, -1] - b[:, -1])) > 1e-5  # noisy outputs always change
+
+
+@pytest.mark.parametrize("num_blocks, expected_segments", [(4, 1), (8, 3), (16, 7)])
+def test_one_compilation_per_run(num_blocks, expected_segments):
+    config, params = _model()
+    csg_config = csg.CSGConfig(
+        noisy_blocks=2, neighbours=1, steps=2, solver="euler", schedule="euler"
+    )
+    denoiser = csg.WindowDenoiser(config, csg_config)
+    seen = []
+    out = _generate(config, params, csg_config, num_blocks, denoiser, on_segment=seen.append)
+    assert len(seen) == expected_segments
+    assert denoiser.traces == 1
+    assert denoiser._jitted._cache_size() == 1
+    # Every block generated once, in order, and the anchor is untouched.
+    assert [b for s in seen for b in s.blocks] == list(range(1, num_blocks))
+    z_ref, anchor, _ = _clip(num_blocks)
+    np.testing.assert_array_equal(np.asarray(out[:, 0]), np.asarray(anchor[:, 0]))
+    for result in seen:
+        np.testing.assert_array_equal(
+            np.asarray(out[:, list(result.blocks)]), np.asarray(result.latents)
+        )
+
+
+def test_longer_clip_reuses_the_same_program():
+    config, params = _model()
+    csg_config = csg.CSGConfig(
+        noisy_blocks=2, neighbours=1, steps=1, solver="euler", schedule="euler"
+    )
+    denoiser = csg.WindowDenoiser(config, csg_config)
+    _generate(config, params, csg_config, 6, denoiser)
+    _generate(config, params, csg_config, 11, denoiser)
+    assert denoiser.traces == 1
+    w = csg_config.plan(6)[0].size
+    assert w == csg_config.plan(11)[0].size == 4
+    assert csg.tokens_per_forward(config, w, HW) == 16
+
+
+def test_refine_mode_uses_plain_model_and_partial_schedule():
+    config, params = _model("tiny")
+    csg_config = csg.CSGConfig(
+        conditioning="refine", sigma_start=0.5, steps=6, solver="euler", schedule="euler", shift=1.0
+    )
+    schedule = csg_config.make_schedule()
+    assert schedule.sigmas[0] <= 0.5 + 1e-6 and schedule.num_steps < 6
+    out = _generate(config, params, csg_config, 5)
+    assert np.isfinite(np.asarray(out)).all()
+    with pytest.raises(ValueError, match="in_dim"):
+        csg.WindowDenoiser(config, csg.CSGConfig(conditioning="concat"))
+
+
+def test_bad_config_and_shapes():
+    with pytest.raises(ValueError, match="conditioning"):
+        csg.CSGConfig(conditioning="magic")
+    with pytest.raises(ValueError, match="attention"):
+        csg.CSGConfig(attention="causal")
+    config, params = _model()
+    z_ref, anchor, context = _clip(4)
+    with pytest.raises(ValueError, match="anchor"):
+        csg.generate(
+            params,
+            config,
+            csg.CSGConfig(),
+            z_ref=z_ref,
+            anchor=z_ref,
+            context=context,
+            key=jax.random.key(0),
+        )
