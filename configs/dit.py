@@ -14,7 +14,7 @@ _COMMON = dict(
     rope_theta=10000.0,
     compute_dtype="bfloat16",
     param_dtype="float32",
-    attention_backend="xla",
+    attention_backend="chunked",
     scan_layers=True,
     remat="none",
 )

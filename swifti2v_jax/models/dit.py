@@ -46,7 +46,7 @@ class DiTConfig:
     rope_theta: float = 10000.0
     compute_dtype: str = "bfloat16"
     param_dtype: str = "float32"
-    attention_backend: str = "xla"
+    attention_backend: str = "chunked"
     scan_layers: bool = True
     remat: str = "none"
 
