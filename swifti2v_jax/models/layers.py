@@ -189,12 +189,13 @@ def chunked_attention(q, k, v, block_q: int = 1024, block_k: int = 1024):
             )  # fmt: skip
             return (new_max, normaliser, acc), None
 
-        shape = q_block.shape[:-1]
-        # The first key block always holds a valid key, so -inf never survives the max.
+        # The first key block always holds a valid key, so -inf never survives the max. The
+        # carry is built *_like the query so it is device-varying inside shard_map.
+        row = q_block[..., 0]
         init = (
-            jnp.full(shape, -jnp.inf, jnp.float32),
-            jnp.zeros(shape, jnp.float32),
-            jnp.zeros(q_block.shape, jnp.float32),
+            jnp.full_like(row, -jnp.inf, dtype=jnp.float32),
+            jnp.zeros_like(row, dtype=jnp.float32),
+            jnp.zeros_like(q_block, dtype=jnp.float32),
         )
         (_, normaliser, acc), _ = jax.lax.scan(
             visit_key_block, init, (k_blocks, v_blocks, key_valid)

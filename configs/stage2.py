@@ -1,0 +1,143 @@
+"""Stage II training: TI2V-5B widened to concat conditioning, CSG windows, stage-transition z_ref.
+
+    python train.py --config=configs/stage2.py --workdir DIR \
+        --config.init_checkpoint=CONVERTED/dit --config.data.path=PREPARED
+    python train.py --config=configs/stage2.py:tiny --workdir DIR   # CPU, synthetic data
+
+Presets: `ti2v_5b` (default; the real model, FSDP, needs a converted TI2V-5B `dit` directory
+and prepared data) and `tiny` (a 3-layer DiT on synthetic data, random init: runs anywhere).
+Choices the paper leaves open (learning rate, batch, steps, timestep sampling) are ours.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = "stage2"
+    config.seed = 0
+
+    # Model: a configs/dit.py preset; overrides left None keep the preset's value.
+    config.model = "ti2v_5b_concat"
+    config.model_overrides = ml_collections.ConfigDict(
+        dict(
+            remat=config_dict.placeholder(str),
+            attention_backend=config_dict.placeholder(str),
+            compute_dtype=config_dict.placeholder(str),
+            scan_layers=config_dict.placeholder(bool),
+        )
+    )
+    # A converted TI2V-5B `dit` directory (python -m conversion); its 48-channel patch
+    # embedding is widened to 96 with zero weights. None: random init (tiny runs only).
+    config.init_checkpoint = config_dict.placeholder(str)
+    config.allow_random_init = False  # without init_checkpoint: an error unless True (tiny)
+    config.lora = ml_collections.ConfigDict(
+        dict(enabled=False, rank=32, alpha=32.0, targets=config_dict.placeholder(str))
+    )
+
+    # CSG windows sampled at random segment starts (M noisy blocks, N neighbours).
+    config.csg = ml_collections.ConfigDict(dict(noisy_blocks=3, neighbours=1, end_to_end=False))
+    config.text_len = 512
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            conditioning="concat",
+            timestep_sampling="logit_normal",
+            logit_mean=0.0,
+            logit_std=1.0,
+            shift=1.0,
+            anchor_dropout=0.0,
+            # Precomputed (prepare.py) references are already degraded; this adds latent-space
+            # blur + noise on device on top ('none' to use them as they are).
+            online_degradation="none",
+            degradation_factor=2,
+            degradation_noise=0.1,
+        )
+    )
+
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-5,
+            warmup_steps=500,
+            decay_steps=config_dict.placeholder(int),
+            end_learning_rate_ratio=0.1,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            grad_clip=1.0,
+            ema_decay=0.9999,
+        )
+    )
+    config.batch_size = 64  # global, over all devices and hosts
+    config.num_steps = 20_000
+
+    # Data: a folder of shards from swifti2v_jax.data.prepare, or a dataset prepared by the
+    # tfds builder (data/tfds_builder.py; its version folder); neither: synthetic records.
+    config.data = ml_collections.ConfigDict(
+        dict(
+            path=config_dict.placeholder(str),
+            tfds_dir=config_dict.placeholder(str),
+            seed=0,
+            worker_count=4,
+            synthetic=ml_collections.ConfigDict(
+                dict(
+                    num_records=256,
+                    num_blocks=21,
+                    height=88,
+                    width=160,
+                    channels=48,
+                    text_len=64,
+                    text_dim=4096,
+                    reference_noise=0.1,
+                    seed=0,
+                )
+            ),
+        )
+    )
+
+    config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, use_async=True))
+    config.log_every = 20
+    # One 'data' axis over all devices (-1); FSDP shards params, Adam moments and EMA over it.
+    config.mesh = ml_collections.ConfigDict(dict(num_devices=-1, fsdp=True, fsdp_min_size=2**16))
+    config.distributed = False  # True: jax.distributed.initialize() (multi-host)
+    return config
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """A few-second CPU run on synthetic data (tests, first try on a fresh checkout)."""
+    config = _base()
+    config.model = "tiny_concat"
+    config.model_overrides.attention_backend = "xla"  # 16-token windows: plain attention
+    config.allow_random_init = True
+    config.csg.noisy_blocks = 2
+    config.csg.neighbours = 1
+    config.text_len = 8
+    config.loss.online_degradation = "latent_blur_noise"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 2
+    config.optimizer.ema_decay = 0.99
+    config.batch_size = 8
+    config.num_steps = 20
+    config.data.worker_count = 0
+    config.data.synthetic.num_records = 32
+    config.data.synthetic.num_blocks = 5
+    config.data.synthetic.height = 4
+    config.data.synthetic.width = 4
+    config.data.synthetic.text_len = 8
+    config.data.synthetic.text_dim = 32
+    config.checkpoint.every = 10
+    config.log_every = 5
+    config.mesh.fsdp = False
+    config.mesh.fsdp_min_size = 256
+    return config
+
+
+PRESETS = {"ti2v_5b": _base, "tiny": tiny}
+
+
+def get_config(preset: str = "ti2v_5b") -> ml_collections.ConfigDict:
+    preset = preset or "ti2v_5b"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown stage2 preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset]()

@@ -1,0 +1,135 @@
+"""Grain input pipeline: records -> CSG training windows -> per-host batches.
+
+Each record is a whole clip; a random segment start is drawn per example with exactly the
+sampling layout (`segments.sample_training_window`, or the end-to-end window for Stage I
+training) and the window's blocks are gathered on the host, so the device sees fixed shapes:
+
+    latents, reference [B, W, h, w, z] float32    positions [B, W] int32
+    is_noisy [B, W] bool                           context [B, text_len, d] float32
+
+The window draw uses grain's per-record generator, so it is part of the (checkpointable)
+iterator state: a resumed run sees the same windows as an uninterrupted one. Sharding over
+hosts is by `jax.process_index()` (grain's ShardByJaxProcess).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from swifti2v_jax.data import records
+from swifti2v_jax.sampling import segments
+
+SHARD_PATTERN = "*.array_record"
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+    noisy_blocks: int = 3  # M
+    neighbours: int = 1  # N
+    end_to_end: bool = False  # the whole clip as one window (anchor clean, the rest noisy)
+    text_len: int = 512
+
+    def window_size(self, num_blocks: int) -> int:
+        if self.end_to_end:
+            return num_blocks
+        return segments.window_size(num_blocks, self.noisy_blocks, self.neighbours)
+
+    def sample(self, num_blocks: int, rng: np.random.Generator) -> segments.Window:
+        if self.end_to_end:
+            return segments.end_to_end_window(num_blocks)
+        return segments.sample_training_window(num_blocks, self.noisy_blocks, self.neighbours, rng)
+
+
+def window_example(record: dict, window: segments.Window, text_len: int) -> dict:
+    blocks, is_noisy = window.as_arrays()
+    return {
+        "latents": np.asarray(record["latents"][blocks], np.float32),
+        "reference": np.asarray(record["reference"][blocks], np.float32),
+        "positions": blocks.astype(np.int32),
+        "is_noisy": is_noisy,
+        "context": records.pad_context(np.asarray(record["context"], np.float32), text_len),
+    }
+
+
+class ToWindow(grain.transforms.RandomMap):
+    """A record (bytes or dict) -> one training window at a random segment start."""
+
+    def __init__(self, spec: WindowSpec, expected_blocks: int | None = None):
+        self.spec = spec
+        self.expected_blocks = expected_blocks
+
+    def random_map(self, element, rng: np.random.Generator) -> dict:
+        record = records.as_record(element)
+        num_blocks = record["latents"].shape[0]
+        if self.expected_blocks is not None and num_blocks != self.expected_blocks:
+            raise ValueError(
+                f"record {record['name']!r} has {num_blocks} latent blocks, the data set "
+                f"promised {self.expected_blocks}: windows would change size"
+            )
+        return window_example(record, self.spec.sample(num_blocks, rng), self.spec.text_len)
+
+
+def find_shards(data_dir: str | os.PathLike) -> list[str]:
+    data_dir = Path(data_dir)
+    shards = sorted(str(p) for p in data_dir.glob(SHARD_PATTERN))
+    if not shards:
+        raise ValueError(
+            f"no {SHARD_PATTERN} shards in {data_dir}; prepare them with "
+            f"`python -m swifti2v_jax.data.prepare --videos DIR --out {data_dir}`"
+        )
+    return shards
+
+
+def array_record_source(data_dir: str | os.PathLike):
+    return grain.sources.ArrayRecordDataSource(find_shards(data_dir))
+
+
+def tfds_source(dataset_dir: str | os.PathLike, split: str = "train"):
+    """The records of a dataset written by tfds_builder.VideoFolderBuilder, read back from its
+    folder (DATA_DIR/video_folder_builder/1.0.0) without the builder or its encoders."""
+    import tensorflow_datasets as tfds
+
+    if not (Path(dataset_dir) / "dataset_info.json").is_file():
+        raise ValueError(f"{dataset_dir} is not a prepared tfds dataset (no dataset_info.json)")
+    return tfds.builder_from_directory(str(dataset_dir)).as_data_source()[split]
+
+
+def make_loader(
+    source,
+    *,
+    batch_size: int,
+    window: WindowSpec,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    shard_by_process: bool = True,
+    expected_blocks: int | None = None,
+) -> grain.DataLoader:
+    """A grain DataLoader of per-host batches (`batch_size` = this host's share)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    shard_options = (
+        grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        if shard_by_process
+        else grain.sharding.NoSharding()
+    )
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source),
+        shard_options=shard_options,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=seed,
+    )
+    operations = [
+        ToWindow(window, expected_blocks),
+        grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
+    ]
+    return grain.DataLoader(
+        data_source=source, sampler=sampler, operations=operations, worker_count=worker_count
+    )

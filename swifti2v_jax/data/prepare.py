@@ -1,0 +1,383 @@
+"""Turns a folder of videos (+ same-stem .txt captions) into ArrayRecord training shards.
+
+    python -m swifti2v_jax.data.prepare --videos DIR --out DIR --vae VAE_DIR \
+        --t5 T5_DIR --tokenizer TOKENIZER_DIR --num-frames 81 --height 1408 --width 2560
+
+Per video: read the first `num_frames` frames (center crop + resize), encode them with the VAE
+(latents), build the stage-transition reference (Stage I videos from `--references DIR`, or the
+synthetic pixel degradation) and encode it (z_ref), embed the caption with umT5. Videos that
+cannot be read or are too short are skipped, counted and listed in the report, never fatal.
+Shards are written to a temporary folder and moved into place at the end, with
+`dataset.json` (shapes, counts) and `prepare_report.json` (every skipped file and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from swifti2v_jax.data import records, videos
+from swifti2v_jax.training import degradation
+
+REFERENCE_KINDS = ("synthetic", "precomputed", "none")
+DATASET_FILE = "dataset.json"
+REPORT_FILE = "prepare_report.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    num_frames: int = 81
+    height: int = 1408
+    width: int = 2560
+    frame_stride: int = 1
+
+    def validate(self, temporal_factor: int = 4, spatial_factor: int = 16) -> None:
+        if self.num_frames < 1 or self.num_frames % temporal_factor != 1 % temporal_factor:
+            raise ValueError(
+                f"num_frames must be {temporal_factor}k+1 for the VAE, got {self.num_frames}"
+            )
+        if self.height % spatial_factor or self.width % spatial_factor or self.height < 1:
+            raise ValueError(
+                f"height and width must be positive multiples of {spatial_factor}, "
+                f"got {self.height}x{self.width}"
+            )
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoders:
+    """encode_video: [1, F, H, W, 3] in [-1, 1] -> [1, T, h, w, z] normalised latents;
+    encode_text: list of prompts -> [B, text_len, d] with zero rows past each prompt."""
+
+    encode_video: Callable[[np.ndarray], np.ndarray]
+    encode_text: Callable[[list[str]], np.ndarray]
+    temporal_factor: int = 4
+    spatial_factor: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceSpec:
+    kind: str = "synthetic"
+    references_dir: str | None = None  # precomputed Stage I outputs, same stems as the videos
+    factor: int = 4  # synthetic: downsample factor (Stage I runs at ~1/4 size)
+    max_noise: float = 0.05
+
+    def __post_init__(self):
+        if self.kind not in REFERENCE_KINDS:
+            raise ValueError(f"reference kind must be one of {REFERENCE_KINDS}, got {self.kind!r}")
+        if self.kind == "precomputed":
+            if not self.references_dir or not Path(self.references_dir).is_dir():
+                raise ValueError(
+                    f"precomputed references need an existing --references folder, "
+                    f"got {self.references_dir!r}"
+                )
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    written: int = 0
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    missing_captions: list[str] = dataclasses.field(default_factory=list)
+    shards: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        line = (
+            f"prepared {self.written} clips into {len(self.shards)} shards, skipped "
+            f"{len(self.skipped)}, {len(self.missing_captions)} without caption, "
+            f"{self.seconds:.1f} s"
+        )
+        details = [f"  skipped {name}: {reason}" for name, reason in sorted(self.skipped.items())]
+        return "\n".join([line, *details])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _reference_video(path: Path, clip: np.ndarray, spec: ReferenceSpec, rng, clip_spec):
+    if spec.kind == "none":
+        return None
+    if spec.kind == "synthetic":
+        return degradation.pixel_blur_noise(clip, rng, factor=spec.factor, max_noise=spec.max_noise)
+    candidates = [
+        p
+        for p in Path(spec.references_dir).glob(f"{path.stem}.*")
+        if p.suffix.lower() in videos.VIDEO_SUFFIXES
+    ]
+    if not candidates:
+        raise videos.VideoError(f"no reference video {path.stem}.* in {spec.references_dir}")
+    reference = videos.read_clip(
+        candidates[0], clip_spec.num_frames, clip_spec.height, clip_spec.width,
+        clip_spec.frame_stride,
+    )  # fmt: skip
+    return degradation.hybrid_reference(reference, clip[0])
+
+
+def process_video(
+    path: Path,
+    clip_spec: ClipSpec,
+    encoders: Encoders,
+    reference: ReferenceSpec,
+    rng: np.random.Generator,
+    dtype: str,
+) -> dict:
+    """One video -> one record; raises videos.VideoError for an unusable file."""
+    clip = videos.read_clip(
+        path, clip_spec.num_frames, clip_spec.height, clip_spec.width, clip_spec.frame_stride
+    )
+    latents = np.asarray(encoders.encode_video(clip[None]))[0]
+    ref_video = _reference_video(path, clip, reference, rng, clip_spec)
+    z_ref = latents if ref_video is None else np.asarray(encoders.encode_video(ref_video[None]))[0]
+    caption = videos.read_caption(path) or ""
+    context = records.trim_context(np.asarray(encoders.encode_text([caption]))[0])
+    return records.make_record(latents, z_ref, context, caption, path.stem, dtype)
+
+
+def iterate_records(
+    video_dir,
+    clip_spec: ClipSpec,
+    encoders: Encoders,
+    reference: ReferenceSpec,
+    report: PrepareReport,
+    *,
+    dtype: str = "float16",
+    seed: int = 0,
+    progress: bool = False,
+) -> Iterator[tuple[str, dict]]:
+    """(name, record) for every usable video in sorted order; failures go to `report`."""
+    clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
+    paths = videos.list_videos(video_dir)
+    if progress:
+        from tqdm import tqdm
+
+        paths = tqdm(paths, desc="preparing", unit="video")
+    for index, path in enumerate(paths):
+        rng = np.random.default_rng((seed, index))
+        try:
+            record = process_video(path, clip_spec, encoders, reference, rng, dtype)
+        except videos.VideoError as error:
+            report.skipped[path.name] = str(error)
+            continue
+        if videos.read_caption(path) is None:
+            report.missing_captions.append(path.name)
+        report.written += 1
+        yield path.stem, record
+
+
+def prepare(
+    video_dir,
+    out_dir,
+    *,
+    clip_spec: ClipSpec,
+    encoders: Encoders,
+    reference: ReferenceSpec | None = None,
+    records_per_shard: int = 256,
+    dtype: str = "float16",
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PrepareReport:
+    """Writes OUT/train-XXXXX-of-YYYYY.array_record, dataset.json and prepare_report.json."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if dtype not in records.STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {records.STORAGE_DTYPES}, got {dtype!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"{out_dir} is not empty; choose a new folder or pass --overwrite")
+    videos.list_videos(video_dir)  # a missing folder fails here, before any work
+    clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
+
+    reference = reference or ReferenceSpec()
+    start = time.time()
+    report = PrepareReport()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
+    try:
+        shard_files, writer, in_shard, shape, text_dim = [], None, 0, None, None
+        for _, record in iterate_records(
+            video_dir, clip_spec, encoders, reference, report, dtype=dtype, seed=seed,
+            progress=progress,
+        ):  # fmt: skip
+            if writer is None or in_shard == records_per_shard:
+                if writer is not None:
+                    writer.close()
+                shard_files.append(tmp / f"shard-{len(shard_files):05d}")
+                writer = ArrayRecordWriter(str(shard_files[-1]), "group_size:1")
+                in_shard = 0
+            writer.write(records.serialize(record))
+            in_shard += 1
+            shape, text_dim = list(record["latents"].shape), int(record["context"].shape[1])
+        if writer is not None:
+            writer.close()
+        if report.written == 0:
+            raise ValueError(
+                f"no usable video in {video_dir}: {len(report.skipped)} skipped\n"
+                + report.summary()
+            )
+        count = len(shard_files)
+        for index, file in enumerate(shard_files):
+            name = f"train-{index:05d}-of-{count:05d}.array_record"
+            os.replace(file, out_dir / name)
+            report.shards.append(name)
+        report.seconds = time.time() - start
+        dataset = {
+            "num_records": report.written,
+            "latent_shape": shape,
+            "num_blocks": shape[0],
+            "text_dim": text_dim,
+            "dtype": dtype,
+            "clip": dataclasses.asdict(clip_spec),
+            "reference": dataclasses.asdict(reference),
+            "shards": report.shards,
+        }
+        (out_dir / DATASET_FILE).write_text(json.dumps(dataset, indent=2))
+        (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def read_dataset_info(data_dir) -> dict | None:
+    file = Path(data_dir) / DATASET_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def build_encoders(
+    vae_dir: str,
+    *,
+    t5_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+    text_embeddings_dir: str | None = None,
+    text_len: int = 512,
+) -> Encoders:
+    """Encoders from converted model directories (`python -m conversion` output)."""
+    from swifti2v_jax import checkpoints, text
+    from swifti2v_jax.models import vae
+
+    vae_config, vae_params = checkpoints.load(vae_dir, kind="vae")
+    vae_config = vae.as_config(vae_config)
+
+    def encode_video(video):
+        return np.asarray(vae.encode(vae_params, vae_config, video))
+
+    if text_embeddings_dir is not None:
+        encode_text = _PrecomputedText(Path(text_embeddings_dir), text_len)
+    else:
+        if t5_dir is None:
+            raise ValueError("give --t5 (a converted umT5 directory) or --text-embeddings")
+        t5_config, t5_params = checkpoints.load(t5_dir, kind="t5")
+        if tokenizer_dir is None:
+            guess = Path(t5_dir).parent / "tokenizer"
+            if not guess.is_dir():
+                raise ValueError(f"no --tokenizer given and {guess} does not exist")
+            tokenizer_dir = str(guess)
+        tokenizer = text.Tokenizer(tokenizer_dir, text_len=text_len)
+
+        def encode_text(prompts):
+            return text.encode_prompts(t5_params, t5_config, tokenizer, prompts, text_len)
+
+    return Encoders(
+        encode_video=encode_video,
+        encode_text=encode_text,
+        temporal_factor=vae.temporal_factor(vae_config),
+        spatial_factor=vae.spatial_factor(vae_config),
+    )
+
+
+class _PrecomputedText:
+    """Text embeddings precomputed elsewhere: `<folder>/<sha1 of the caption>.npy`."""
+
+    def __init__(self, folder: Path, text_len: int):
+        if not folder.is_dir():
+            raise ValueError(f"--text-embeddings folder {folder} does not exist")
+        self.folder, self.text_len = folder, text_len
+
+    def __call__(self, prompts):
+        import hashlib
+
+        out = []
+        for prompt in prompts:
+            file = self.folder / f"{hashlib.sha1(prompt.encode()).hexdigest()}.npy"
+            if not file.is_file():
+                raise videos.VideoError(f"no precomputed text embedding {file.name} for caption")
+            out.append(records.pad_context(np.load(file), self.text_len))
+        return np.stack(out)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", required=True, help="folder of videos (+ same-stem .txt)")
+    parser.add_argument("--out", required=True, help="output folder for the shards")
+    parser.add_argument("--vae", required=True, help="converted Wan2.2 VAE directory")
+    parser.add_argument("--t5", help="converted umT5 directory")
+    parser.add_argument("--tokenizer", help="umT5 tokenizer folder (default: T5_DIR/../tokenizer)")
+    parser.add_argument("--text-embeddings", help="folder of precomputed <sha1(caption)>.npy")
+    parser.add_argument("--text-len", type=int, default=512)
+    parser.add_argument("--num-frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=1408)
+    parser.add_argument("--width", type=int, default=2560)
+    parser.add_argument("--frame-stride", type=int, default=1)
+    parser.add_argument("--reference", choices=REFERENCE_KINDS, default="synthetic")
+    parser.add_argument("--references", help="folder of Stage I reference videos (same stems)")
+    parser.add_argument("--degrade-factor", type=int, default=4)
+    parser.add_argument("--degrade-noise", type=float, default=0.05)
+    parser.add_argument("--records-per-shard", type=int, default=256)
+    parser.add_argument("--dtype", choices=records.STORAGE_DTYPES, default="float16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if args.references and args.reference == "synthetic":
+        args.reference = "precomputed"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        clip_spec = ClipSpec(args.num_frames, args.height, args.width, args.frame_stride)
+        reference = ReferenceSpec(
+            args.reference, args.references, args.degrade_factor, args.degrade_noise
+        )
+        clip_spec.validate(spatial_factor=1)  # frame count now; the VAE's factor once loaded
+        encoders = build_encoders(
+            args.vae,
+            t5_dir=args.t5,
+            tokenizer_dir=args.tokenizer,
+            text_embeddings_dir=args.text_embeddings,
+            text_len=args.text_len,
+        )
+        report = prepare(
+            args.videos,
+            args.out,
+            clip_spec=clip_spec,
+            encoders=encoders,
+            reference=reference,
+            records_per_shard=args.records_per_shard,
+            dtype=args.dtype,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=True,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

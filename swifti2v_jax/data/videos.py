@@ -1,0 +1,80 @@
+"""Reading training clips: the first `num_frames` frames of a video, cropped and resized.
+
+Anything wrong with one file (unreadable, too short, no frames) raises `VideoError`, which data
+preparation counts and reports instead of stopping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
+class VideoError(Exception):
+    """One video cannot be used (the reason is the message)."""
+
+
+def list_videos(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"video folder {folder} does not exist or is not a directory")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def read_caption(video: Path) -> str | None:
+    caption = video.with_suffix(".txt")
+    return caption.read_text().strip() if caption.is_file() else None
+
+
+def _center_crop_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Crops to the target aspect ratio around the centre, then resizes (bicubic)."""
+    h, w = frame.shape[:2]
+    if h * width > w * height:  # too tall
+        new_h = max(1, round(w * height / width))
+        top = (h - new_h) // 2
+        frame = frame[top : top + new_h]
+    else:
+        new_w = max(1, round(h * width / height))
+        left = (w - new_w) // 2
+        frame = frame[:, left : left + new_w]
+    image = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+def read_clip(
+    path: str | os.PathLike, num_frames: int, height: int, width: int, frame_stride: int = 1
+) -> np.ndarray:
+    """-> [num_frames, height, width, 3] float32 in [-1, 1]; raises VideoError."""
+    import imageio.v2 as imageio
+
+    frames = []
+    try:
+        reader = imageio.get_reader(str(path), format="ffmpeg")
+    except Exception as error:  # imageio raises many types for broken files
+        raise VideoError(f"unreadable ({type(error).__name__}: {error})") from None
+    try:
+        for index, frame in enumerate(reader):
+            if index % frame_stride:
+                continue
+            frame = np.asarray(frame)
+            if frame.ndim == 2:
+                frame = np.repeat(frame[..., None], 3, axis=-1)
+            frames.append(_center_crop_resize(frame[..., :3].astype(np.uint8), height, width))
+            if len(frames) == num_frames:
+                break
+    except Exception as error:
+        if not frames:
+            raise VideoError(f"unreadable ({type(error).__name__}: {error})") from None
+        # A truncated file: keep what decoded, the length check below decides.
+    finally:
+        reader.close()
+    if len(frames) < num_frames:
+        raise VideoError(
+            f"too short: {len(frames)} frames (stride {frame_stride}), need {num_frames}"
+        )
+    return np.stack(frames).astype(np.float32) / 127.5 - 1.0

@@ -1,0 +1,217 @@
+"""Everything train.py builds from its ml_collections config, in small testable pieces.
+
+Config layout (configs/stage2.py, configs/stage1_lora.py): `model` (a configs/dit.py preset)
++ `model_overrides`, `init_checkpoint`, `lora`, `loss`, `csg`, `optimizer`, `data`, `mesh`,
+`checkpoint`, `batch_size` (global), `num_steps`, `text_len`, `seed`, `log_every`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from configs import dit as dit_presets
+from swifti2v_jax.data import loader as loader_lib
+from swifti2v_jax.data import prepare, records, synthetic
+from swifti2v_jax.models import dit
+from swifti2v_jax.sampling import segments
+from swifti2v_jax.training import lora, optim, sharding
+from swifti2v_jax.training import state as state_lib
+from swifti2v_jax.training import step as step_lib
+from swifti2v_jax.training.loss import LossConfig
+
+
+def model_config(config) -> dit.DiTConfig:
+    fields = dit_presets.get_config(config.model).to_dict()
+    for name, value in config.model_overrides.items():
+        if value is not None:
+            fields[name] = value
+    return dit.DiTConfig.from_dict(fields)
+
+
+def loss_config(config) -> LossConfig:
+    return LossConfig.from_config(config.loss)
+
+
+def optimizer_config(config) -> optim.OptimizerConfig:
+    return optim.OptimizerConfig.from_config(config.optimizer)
+
+
+def window_spec(config) -> loader_lib.WindowSpec:
+    return loader_lib.WindowSpec(
+        noisy_blocks=config.csg.noisy_blocks,
+        neighbours=config.csg.neighbours,
+        end_to_end=config.csg.end_to_end,
+        text_len=config.text_len,
+    )
+
+
+def check_model_against_loss(model: dit.DiTConfig, loss: LossConfig) -> None:
+    factor = 2 if loss.conditioning == "concat" else 1
+    if model.in_dim != factor * model.out_dim:
+        raise ValueError(
+            f"conditioning {loss.conditioning!r} needs in_dim = {factor} x out_dim, the model "
+            f"{model.in_dim} / {model.out_dim}; use a *_concat model preset for concat"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    num_records: int
+    num_blocks: int
+    latent_hw: tuple[int, int]
+    channels: int
+    text_dim: int
+    synthetic: bool
+
+
+def make_source(config):
+    """-> (grain random-access source, DataInfo).
+
+    `data.path`: shards from prepare.py; `data.tfds_dir`: a dataset prepared by the tfds
+    builder (its version folder); neither: synthetic records.
+    """
+    if config.data.path and config.data.tfds_dir:
+        raise ValueError("set config.data.path or config.data.tfds_dir, not both")
+    is_synthetic = False
+    if config.data.path:
+        source = loader_lib.array_record_source(config.data.path)
+        logging.info("training data: %d records from %s", len(source), config.data.path)
+    elif config.data.tfds_dir:
+        source = loader_lib.tfds_source(config.data.tfds_dir)
+        logging.info("training data: %d tfds records from %s", len(source), config.data.tfds_dir)
+    else:
+        spec = synthetic.SyntheticSpec(**config.data.synthetic.to_dict())
+        source = synthetic.SyntheticSource(spec)
+        is_synthetic = True
+        logging.warning(
+            "no data path configured (config.data.path): training on SYNTHETIC data "
+            "(swifti2v_jax/data/synthetic.py, %d random clips); prepare real data with "
+            "`python -m swifti2v_jax.data.prepare`",
+            len(source),
+        )
+    if len(source) == 0:
+        raise ValueError("the training data set is empty")
+    first = records.as_record(source[0])
+    num_blocks, h, w, channels = first["latents"].shape
+    info = DataInfo(
+        len(source), num_blocks, (h, w), channels, first["context"].shape[1], is_synthetic
+    )
+    if config.data.path:
+        saved = prepare.read_dataset_info(config.data.path)
+        if saved is not None and saved["num_blocks"] != num_blocks:
+            raise ValueError(f"{config.data.path}: dataset.json disagrees with its records")
+    return source, info
+
+
+def check_data_against_model(info: DataInfo, model: dit.DiTConfig, config) -> None:
+    _, ph, pw = model.patch_size
+    problems = []
+    if info.channels != model.out_dim:
+        problems.append(f"latents have {info.channels} channels, the model {model.out_dim}")
+    if info.text_dim != model.text_dim:
+        problems.append(f"text embeddings have {info.text_dim} dims, the model {model.text_dim}")
+    if info.latent_hw[0] % ph or info.latent_hw[1] % pw:
+        problems.append(f"latent size {info.latent_hw} is not divisible by the patch {ph}x{pw}")
+    if not config.csg.end_to_end and info.num_blocks < 2:
+        problems.append("clips need at least 2 latent blocks")
+    if problems:
+        raise ValueError("data and model do not fit: " + "; ".join(problems))
+
+
+def tokens_per_example(info: DataInfo, model: dit.DiTConfig, config) -> int:
+    window = window_spec(config).window_size(info.num_blocks)
+    _, ph, pw = model.patch_size
+    return window * (info.latent_hw[0] // ph) * (info.latent_hw[1] // pw)
+
+
+def make_loader(config, source, info: DataInfo, per_host_batch: int):
+    return loader_lib.make_loader(
+        source,
+        batch_size=per_host_batch,
+        window=window_spec(config),
+        seed=config.data.seed,
+        worker_count=config.data.worker_count,
+        expected_blocks=info.num_blocks,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclasses.dataclass
+class Parameters:
+    """The trainable tree (or its abstract shapes), the frozen tree and how to combine them."""
+
+    abstract_trainable: Any
+    load_trainable: Any  # () -> host (numpy) trainable params, called only without a checkpoint
+    frozen: Any  # host tree ({} without LoRA)
+    compose: Any
+
+
+def check_init(config) -> None:
+    if not config.init_checkpoint and not config.allow_random_init:
+        raise ValueError(
+            f"the {config.model} model trains from a converted checkpoint: set "
+            "--config.init_checkpoint=CONVERTED/dit (python -m conversion), or "
+            "--config.allow_random_init=True to start from random weights"
+        )
+
+
+def check_windows(config, info: DataInfo) -> None:
+    if not config.csg.end_to_end:
+        segments.validate(info.num_blocks, config.csg.noisy_blocks, config.csg.neighbours)
+
+
+def make_parameters(config, model: dit.DiTConfig) -> Parameters:
+    init = functools.partial(
+        state_lib.init_dit_params, model, config.init_checkpoint or None, config.seed
+    )
+    if not config.lora.enabled:
+        return Parameters(
+            abstract_trainable=dit.abstract_params(model),
+            load_trainable=init,
+            frozen={},
+            compose=step_lib.identity_compose,
+        )
+    base = init()
+    key = jax.random.PRNGKey(config.seed + 2)
+    targets = config.lora.targets or lora.DEFAULT_TARGETS
+    make_adapters = lambda: lora.init_lora(base, key, config.lora.rank, targets)
+    logging.info(
+        "LoRA rank %d on %d kernels", config.lora.rank, len(lora.target_paths(base, targets))
+    )
+    alpha, rank = float(config.lora.alpha), int(config.lora.rank)
+    return Parameters(
+        abstract_trainable=jax.eval_shape(make_adapters),
+        load_trainable=lambda: jax.tree.map(np.asarray, make_adapters()),
+        frozen=base,
+        compose=lambda adapters, frozen: lora.merge(adapters, frozen, alpha, rank),
+    )
+
+
+def place(tree, specs, mesh):
+    """Host arrays -> global arrays laid out per `specs` (each device only gets its slice)."""
+
+    def one(x, spec):
+        x = np.asarray(x)
+        named = jax.sharding.NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(x.shape, named, lambda index: x[index])
+
+    return jax.tree.map(one, tree, specs)
+
+
+def check_batch(config, mesh) -> int:
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    return sharding.check_batch_size(config.batch_size, mesh)

@@ -1,0 +1,116 @@
+"""Train state and model initialisation (random, a converted checkpoint, or a widened one).
+
+`TrainState` holds everything that changes during training and goes into checkpoints:
+step, the trainable parameters (fp32 master weights), optimizer state, their EMA and the base
+RNG key. A frozen backbone (LoRA training) is not part of it: it is reloaded from its source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from swifti2v_jax import checkpoints
+from swifti2v_jax.models import dit
+
+# DiT fields that must agree between a checkpoint and the model it initialises.
+_ARCHITECTURE_FIELDS = (
+    "dim",
+    "ffn_dim",
+    "num_heads",
+    "num_layers",
+    "out_dim",
+    "patch_size",
+    "text_dim",
+    "freq_dim",
+)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any  # trainable parameters, fp32
+    opt_state: Any
+    ema_params: Any  # EMA of `params` (an empty dict when disabled)
+    rng: jax.Array  # uint32[2] base key; step keys are fold_in(rng, step)
+
+
+def create_state(params, optimizer: optax.GradientTransformation, seed: int, use_ema: bool):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if use_ema else {},
+        rng=jax.random.PRNGKey(seed + 1),
+    )
+
+
+def widen_patch_embedding(params, in_dim: int):
+    """Extends the patch embedding to `in_dim` input channels; new weights are zero.
+
+    With concat conditioning the new channels carry z_ref, so at step 0 the widened model
+    ignores z_ref and computes exactly what the checkpoint did.
+    """
+    kernel = np.asarray(params["patch_embedding_kernel"])
+    old = kernel.shape[3]
+    if in_dim < old:
+        raise ValueError(f"cannot narrow the patch embedding from {old} to {in_dim} channels")
+    pad = np.zeros(kernel.shape[:3] + (in_dim - old, kernel.shape[4]), kernel.dtype)
+    return {**params, "patch_embedding_kernel": np.concatenate([kernel, pad], axis=3)}
+
+
+def _check_tree(params, reference, what: str) -> None:
+    got = {
+        jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)
+    }
+    want = {
+        jax.tree_util.keystr(p): tuple(x.shape)
+        for p, x in jax.tree_util.tree_leaves_with_path(reference)
+    }
+    if got != want:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        shapes = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+        raise ValueError(
+            f"{what} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}, "
+            f"mis-shaped {[(k, got[k], want[k]) for k in shapes[:5]]}"
+        )
+
+
+def load_dit_params(path: str, model_config: dit.DiTConfig):
+    """Parameters for `model_config` from a converted `dit` directory, fp32.
+
+    A checkpoint with `out_dim` input channels initialising a model with 2 x out_dim (Stage II
+    concat from TI2V-5B) gets its patch embedding widened with zeros.
+    """
+    saved, params = checkpoints.load(path, kind="dit")
+    saved = dit.DiTConfig.from_dict(saved)
+    for field in _ARCHITECTURE_FIELDS:
+        if getattr(saved, field) != getattr(model_config, field):
+            raise ValueError(
+                f"{path}: checkpoint {field}={getattr(saved, field)} but the model config has "
+                f"{getattr(model_config, field)}; pick the matching model preset"
+            )
+    if saved.in_dim != model_config.in_dim:
+        if not (saved.in_dim == saved.out_dim and model_config.in_dim == 2 * saved.out_dim):
+            raise ValueError(
+                f"{path}: checkpoint in_dim {saved.in_dim} cannot initialise in_dim "
+                f"{model_config.in_dim} (only out_dim -> 2 x out_dim widening is supported)"
+            )
+        params = widen_patch_embedding(params, model_config.in_dim)
+    _check_tree(params, dit.abstract_params(model_config), f"checkpoint {path}")
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+
+
+def init_dit_params(model_config: dit.DiTConfig, init_checkpoint: str | None, seed: int):
+    """A converted checkpoint when given, random parameters (tests, tiny runs) otherwise."""
+    if init_checkpoint:
+        return load_dit_params(init_checkpoint, model_config)
+    init = jax.jit(lambda key: dit.init_params(model_config, key))
+    return jax.tree.map(np.asarray, init(jax.random.PRNGKey(seed)))
