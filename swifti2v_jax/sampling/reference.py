@@ -1,0 +1,92 @@
+"""The hybrid reference and the anchor latent that condition Stage II.
+
+Hybrid reference (DESIGN.md): the decoded Stage I video upsampled to the target size
+(bicubic, `jax.image.resize`), with frame 0 replaced by the full-resolution input image,
+encoded with the Stage II (Wan2.2) VAE -> z_ref [B, T, h, w, C]. The anchor is the VAE
+latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1].
+
+`encode_hybrid_reference` never materialises the full-resolution video: it upsamples one
+encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE encoder.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from swifti2v_jax.models import vae as vae_lib
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width"))
+def upsample_frames(frames: jax.Array, height: int, width: int) -> jax.Array:
+    """[B, n, h, w, 3] in [-1, 1] -> [B, n, height, width, 3], bicubic, clipped to [-1, 1]."""
+    batch, count, _, _, channels = frames.shape
+    resized = jax.image.resize(
+        frames.astype(jnp.float32), (batch, count, height, width, channels), method="bicubic"
+    )
+    return jnp.clip(resized, -1.0, 1.0)
+
+
+def _check(video_low: jax.Array, image: jax.Array) -> None:
+    if video_low.ndim != 5 or video_low.shape[-1] != 3:
+        raise ValueError(f"video_low must be [B, F, h, w, 3], got {video_low.shape}")
+    if image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] != video_low.shape[0]:
+        raise ValueError(
+            f"image must be [B, H, W, 3] with the video's batch {video_low.shape[0]}, "
+            f"got {image.shape}"
+        )
+
+
+def hybrid_reference(video_low: jax.Array, image: jax.Array) -> jax.Array:
+    """The whole hybrid reference video [B, F, H, W, 3] (H, W from `image`).
+
+    Frame 0 is `image` exactly; frames 1.. are video_low upsampled. Memory: the whole
+    full-resolution clip; the pipeline uses `encode_hybrid_reference` instead.
+    """
+    _check(video_low, image)
+    height, width = image.shape[1:3]
+    rest = upsample_frames(video_low[:, 1:], height, width)
+    return jnp.concatenate([image[:, None].astype(jnp.float32), rest], axis=1)
+
+
+def encode_hybrid_reference(
+    vae_params,
+    vae_config,
+    video_low: jax.Array,
+    image: jax.Array,
+    on_chunk: Callable[[int], None] | None = None,
+) -> jax.Array:
+    """z_ref = VAE-encode(hybrid_reference(video_low, image)), chunk by chunk.
+
+    video_low: [B, F, h, w, 3] decoded Stage I video in [-1, 1], F = 4k + 1.
+    image: [B, H, W, 3] input image at the target size in [-1, 1].
+    on_chunk(latent_frames_done) is called after every encoder chunk (progress).
+    """
+    _check(video_low, image)
+    config = vae_lib.as_config(vae_config)
+    step = vae_lib.temporal_factor(config)
+    frames = video_low.shape[1]
+    if (frames - 1) % step:
+        raise ValueError(f"video_low needs {step}k+1 frames, got {frames}")
+    height, width = image.shape[1:3]
+    encoder = vae_lib.StreamingEncoder(vae_params, config)
+    latents = [encoder.push(image[:, None].astype(jnp.float32))]
+    if on_chunk is not None:
+        on_chunk(1)
+    for start in range(1, frames, step):
+        chunk = upsample_frames(video_low[:, start : start + step], height, width)
+        latents.append(encoder.push(chunk))
+        if on_chunk is not None:
+            on_chunk(len(latents))
+    encoder.finish()
+    return jnp.concatenate(latents, axis=1)
+
+
+def encode_anchor(vae_params, vae_config, image: jax.Array) -> jax.Array:
+    """The anchor z_x: the VAE latent of the input image alone -> [B, 1, h, w, C]."""
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
+    return vae_lib.encode(vae_params, vae_config, image[:, None].astype(jnp.float32))

@@ -1,0 +1,363 @@
+"""Stage I: the low-resolution motion reference, with either Wan2.2 image-to-video backbone.
+
+* TI2V-5B image-to-video mode (reference/wan22.md 1.9): latent frame 0 is the clean image
+  latent with timestep 0, every other frame is noise with the step's timestep; frame 0 is
+  re-imposed after every solver step (here: never updated, via the loop's update mask).
+* I2V-A14B (wan22.md 1.10): the model input is [noisy latent (16) | mask (4) | image latent
+  (16)] on channels; the image latent encodes [image, 0, 0, ...] with the Wan2.1 VAE, the
+  mask is 1 on latent frame 0. Two experts: t >= boundary * 1000 runs the high-noise one.
+  Few-step (Lightning LoRAs merged at conversion): 4 Euler steps, shift 5, guidance 1.
+
+Each sampler is one jitted program (all steps in a `lax.fori_loop`), cached per model config
+and Stage I settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from swifti2v_jax.models import vae as vae_lib
+from swifti2v_jax.models.dit import DiTConfig, WanDiT
+from swifti2v_jax.sampling import guidance as guidance_lib
+from swifti2v_jax.sampling import schedules, solvers
+
+BACKBONES = ("ti2v", "a14b")
+A14B_MASK_CHANNELS = 4  # the frame-0 mask repeated over the VAE's 4-frame temporal stride
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Config:
+    """Stage I sampler settings.
+
+    guide_scale: the CFG scale (of the high-noise expert for A14B); guide_scale_low: the
+    low-noise expert's scale (None = the same). 1.0 skips the unconditional forward.
+    """
+
+    backbone: str = "ti2v"
+    steps: int = 4
+    shift: float = 5.0
+    solver: str = "euler"
+    schedule: str = "euler"
+    guide_scale: float = 1.0
+    guide_scale_low: float | None = None
+    boundary: float = 0.9
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"Stage I backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.steps < 1:
+            raise ValueError(f"Stage I steps must be >= 1, got {self.steps}")
+        solvers.make_solver(self.solver)
+        schedules.make_schedule(self.schedule, self.steps, self.shift)  # validates grid/shift
+        self.guidance()
+
+    def make_schedule(self) -> schedules.Schedule:
+        return schedules.make_schedule(self.schedule, self.steps, self.shift)
+
+    def guidance(self) -> guidance_lib.Guidance:
+        low = self.guide_scale if self.guide_scale_low is None else self.guide_scale_low
+        if self.backbone == "a14b":
+            return guidance_lib.Guidance(
+                guide_scale=(low, self.guide_scale), boundary=self.boundary
+            )
+        if low != self.guide_scale:
+            raise ValueError("guide_scale_low only applies to the two-expert a14b backbone")
+        return guidance_lib.Guidance(guide_scale=self.guide_scale)
+
+    @property
+    def uses_cfg(self) -> bool:
+        return any(s != 1.0 for s in self.guidance().scales)
+
+
+def initial_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return jax.random.normal(key, shape, jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# TI2V-5B image-to-video
+
+
+@functools.cache
+def _ti2v_program(model_config: DiTConfig, config: Stage1Config):
+    model = WanDiT(model_config)
+    solver = solvers.make_solver(config.solver)
+    guidance = config.guidance()
+
+    def run(params, x_init, context, uncond, sigmas, timesteps):
+        batch, frames = x_init.shape[:2]
+        is_image = jnp.arange(frames) == 0
+
+        def model_fn(p, x, timestep, text):
+            per_frame = jnp.where(is_image, 0.0, timestep)  # timestep 0 on the image frame
+            per_frame = jnp.broadcast_to(per_frame, (batch, frames))
+            return model.apply({"params": p}, x, per_frame, text).astype(jnp.float32)
+
+        velocity_fn = guidance_lib.make_guided_velocity_fn(
+            model_fn,
+            params,
+            context=context,
+            uncond_context=uncond if config.uses_cfg else None,
+            guidance=guidance,
+        )
+        # Frame 0 keeps its x_init value (the clean image latent) bit for bit at every step.
+        update_mask = ~is_image[None, :, None, None, None]
+        return solvers.sample_loop(
+            solver, velocity_fn, x_init, sigmas, timesteps, update_mask=update_mask
+        )
+
+    return jax.jit(run)
+
+
+def ti2v_image_to_video(
+    params,
+    model_config: DiTConfig,
+    config: Stage1Config,
+    *,
+    image_latent: jax.Array,
+    num_latent_frames: int,
+    context: jax.Array,
+    uncond_context: jax.Array | None = None,
+    key: jax.Array,
+) -> jax.Array:
+    """TI2V-5B image-to-video sampling -> latents [B, T, h, w, C] with [:, 0] == image_latent.
+
+    image_latent: [B, 1, h, w, C] normalised VAE latent of the (Stage I size) image.
+    """
+    if config.backbone != "ti2v":
+        raise ValueError("ti2v_image_to_video needs a Stage1Config with backbone 'ti2v'")
+    if image_latent.ndim != 5 or image_latent.shape[1] != 1:
+        raise ValueError(f"image_latent must be [B, 1, h, w, C], got {image_latent.shape}")
+    if image_latent.shape[-1] != model_config.in_dim or model_config.in_dim != model_config.out_dim:
+        raise ValueError(
+            f"the TI2V backbone needs in_dim == out_dim == the latent channels "
+            f"({image_latent.shape[-1]}), got in_dim {model_config.in_dim}, "
+            f"out_dim {model_config.out_dim}"
+        )
+    if num_latent_frames < 2:
+        raise ValueError(f"need at least 2 latent frames, got {num_latent_frames}")
+    uncond = _uncond(config, context, uncond_context)
+    batch, _, h, w, c = image_latent.shape
+    noise = initial_noise(key, (batch, num_latent_frames, h, w, c))
+    x_init = noise.at[:, :1].set(image_latent.astype(jnp.float32))
+    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
+    program = _ti2v_program(model_config, config)
+    return program(params, x_init, context, uncond, sigmas, timesteps)
+
+
+# --------------------------------------------------------------------------------------------
+# I2V-A14B
+
+
+def a14b_condition(vae_params, vae_config, image: jax.Array, num_frames: int) -> jax.Array:
+    """The 20 conditioning channels [mask (4) | image latent (16)] -> [B, T, h, w, 20].
+
+    image: [B, H, W, 3] in [-1, 1] at the Stage I size. The latent encodes a video whose
+    frame 0 is the image and whose other frames are zeros (Wan2.1 VAE); the mask is 1 on
+    latent frame 0 (frame 0's entry repeated over the 4-frame stride) and 0 elsewhere.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
+    batch, height, width, _ = image.shape
+    video = jnp.zeros((batch, num_frames, height, width, 3), jnp.float32)
+    video = video.at[:, 0].set(image.astype(jnp.float32))
+    latent = vae_lib.encode(vae_params, vae_config, video)
+    mask = jnp.zeros((*latent.shape[:4], A14B_MASK_CHANNELS), latent.dtype).at[:, 0].set(1.0)
+    return jnp.concatenate([mask, latent], axis=-1)
+
+
+def _a14b_model_fn(model: WanDiT, condition, name: str, log_experts: bool):
+    """The DiT as a guidance model_fn: [noisy latent | mask | image latent], scalar t."""
+
+    def model_fn(p, x, timestep, text):
+        if log_experts:  # runs on the host only when this expert's branch runs
+            jax.debug.callback(functools.partial(_record_expert, name), timestep)
+        model_input = jnp.concatenate([x, condition.astype(x.dtype)], axis=-1)
+        t = jnp.broadcast_to(timestep, (x.shape[0],))
+        return model.apply({"params": p}, model_input, t, text).astype(jnp.float32)
+
+    return model_fn
+
+
+@functools.cache
+def _a14b_program(model_config: DiTConfig, config: Stage1Config, log_experts: bool):
+    """All steps, both experts resident; lax.cond picks one per step."""
+    model = WanDiT(model_config)
+    solver = solvers.make_solver(config.solver)
+    guidance = config.guidance()
+
+    def run(high, low, x_init, condition, context, uncond, sigmas, timesteps):
+        velocity_fn = guidance_lib.make_guided_velocity_fn(
+            _a14b_model_fn(model, condition, "high_noise", log_experts),
+            high,
+            context=context,
+            uncond_context=uncond if config.uses_cfg else None,
+            guidance=guidance,
+            low_noise_params=low,
+            low_noise_model_fn=_a14b_model_fn(model, condition, "low_noise", log_experts),
+        )
+        return solvers.sample_loop(solver, velocity_fn, x_init, sigmas, timesteps)
+
+    return jax.jit(run)
+
+
+@functools.cache
+def _a14b_phase_program(model_config: DiTConfig, config: Stage1Config, name: str, log: bool):
+    """Steps [start, stop) with ONE expert, carrying the solver state in and out."""
+    model = WanDiT(model_config)
+    solver = solvers.make_solver(config.solver)
+    low, high = config.guidance().scales
+    scale = high if name == "high_noise" else low
+
+    def run(params, x, state, condition, context, uncond, sigmas, timesteps, start, stop):
+        velocity_fn = guidance_lib.make_guided_velocity_fn(
+            _a14b_model_fn(model, condition, name, log),
+            params,
+            context=context,
+            uncond_context=uncond if scale != 1.0 else None,
+            guidance=guidance_lib.Guidance(guide_scale=scale),
+        )
+
+        def body(i, carry):
+            x, state = carry
+            v = velocity_fn(x, sigmas[i], timesteps[i], i)
+            return solver.step(state, x, v, sigmas, i)
+
+        return jax.lax.fori_loop(start, stop, body, (x, state))
+
+    return jax.jit(run)
+
+
+ExpertLog = Callable[[str, float], None]
+_EXPERT_LOG: list[ExpertLog] = []
+
+
+def _record_expert(name, timestep) -> None:
+    for callback in _EXPERT_LOG:
+        callback(str(name), float(timestep))
+
+
+@contextlib.contextmanager
+def _expert_logging(on_expert: ExpertLog | None):
+    if on_expert is None:
+        yield
+        return
+    _EXPERT_LOG.append(on_expert)
+    try:
+        yield
+        jax.effects_barrier()  # every debug callback has run
+    finally:
+        _EXPERT_LOG.remove(on_expert)
+
+
+def _check_a14b(model_config: DiTConfig, config: Stage1Config, condition) -> None:
+    if config.backbone != "a14b":
+        raise ValueError("I2V-A14B sampling needs a Stage1Config with backbone 'a14b'")
+    channels = model_config.out_dim
+    if model_config.in_dim != 2 * channels + A14B_MASK_CHANNELS:
+        raise ValueError(
+            f"an I2V-A14B expert takes {2 * channels + A14B_MASK_CHANNELS} input channels "
+            f"(latent, mask, image latent) for out_dim {channels}, got in_dim {model_config.in_dim}"
+        )
+    if condition.ndim != 5 or condition.shape[-1] != channels + A14B_MASK_CHANNELS:
+        raise ValueError(
+            f"condition must be [B, T, h, w, {channels + A14B_MASK_CHANNELS}], "
+            f"got {condition.shape}"
+        )
+
+
+def a14b_image_to_video(
+    high_params,
+    low_params,
+    model_config: DiTConfig,
+    config: Stage1Config,
+    *,
+    condition: jax.Array,
+    context: jax.Array,
+    uncond_context: jax.Array | None = None,
+    key: jax.Array,
+    on_expert: ExpertLog | None = None,
+) -> jax.Array:
+    """I2V-A14B sampling with the expert switch -> latents [B, T, h, w, out_dim].
+
+    Both experts stay on the device (one compiled program). condition: [B, T, h, w, 20] from
+    `a14b_condition`. on_expert(name, timestep) is called on the host for every expert
+    forward ('high_noise' or 'low_noise'), e.g. to count them.
+    """
+    _check_a14b(model_config, config, condition)
+    uncond = _uncond(config, context, uncond_context)
+    noise = initial_noise(key, (*condition.shape[:4], model_config.out_dim))
+    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
+    program = _a14b_program(model_config, config, on_expert is not None)
+    with _expert_logging(on_expert):
+        out = program(high_params, low_params, noise, condition, context, uncond, sigmas, timesteps)
+        if on_expert is not None:
+            jax.block_until_ready(out)
+    return out
+
+
+def a14b_image_to_video_swapping(
+    load_high: Callable[[], object],
+    load_low: Callable[[], object],
+    model_config: DiTConfig,
+    config: Stage1Config,
+    *,
+    condition: jax.Array,
+    context: jax.Array,
+    uncond_context: jax.Array | None = None,
+    key: jax.Array,
+    on_expert: ExpertLog | None = None,
+    release: Callable[[object], None] | None = None,
+) -> jax.Array:
+    """`a14b_image_to_video` with one expert in memory at a time (half the weight memory).
+
+    The high-noise steps are a prefix of the schedule: load_high() runs them, release(params)
+    frees it, then load_low() runs the rest. The solver state crosses over, so the result
+    equals the single-program version (up to float reassociation).
+    """
+    _check_a14b(model_config, config, condition)
+    uncond = _uncond(config, context, uncond_context)
+    x = initial_noise(key, (*condition.shape[:4], model_config.out_dim))
+    schedule = config.make_schedule()
+    sigmas, timesteps = solvers.as_schedule_arrays(schedule)
+    switch = config.guidance().num_high_noise_steps(schedule.timesteps)
+    state = solvers.make_solver(config.solver).init(x)
+    phases = [("high_noise", load_high, 0, switch), ("low_noise", load_low, switch, len(timesteps))]
+    with _expert_logging(on_expert):
+        for name, load, start, stop in phases:
+            if start == stop:
+                continue
+            params = load()
+            program = _a14b_phase_program(model_config, config, name, on_expert is not None)
+            x, state = program(
+                params, x, state, condition, context, uncond, sigmas, timesteps, start, stop
+            )
+            if release is not None:
+                jax.block_until_ready(x)
+                release(params)
+            del params
+        jax.block_until_ready(x)
+    return x
+
+
+def expert_steps(config: Stage1Config) -> dict[str, int]:
+    """How many of the schedule's steps each expert runs (host-side, from the timesteps)."""
+    timesteps = config.make_schedule().timesteps
+    if config.backbone != "a14b":
+        return {"dit": int(timesteps.shape[0])}
+    high = config.guidance().num_high_noise_steps(timesteps)
+    return {"high_noise": high, "low_noise": int(np.size(timesteps)) - high}
+
+
+def _uncond(config: Stage1Config, context, uncond_context):
+    if not config.uses_cfg:
+        return jnp.zeros_like(context)  # unused: the unconditional forward is skipped
+    if uncond_context is None:
+        raise ValueError("a Stage I guide scale != 1 needs uncond_context (negative prompt)")
+    return uncond_context
