@@ -58,7 +58,7 @@ def on_cpu() -> bool:
 
 def default_attention_backend() -> str:
     """The fastest attention backend of the current platform (FLOPs are always counted on xla)."""
-    return {"gpu": "cudnn", "tpu": "splash"}.get(jax.devices()[0].platform, "xla")
+    return {"gpu": "cudnn", "tpu": "splash"}.get(jax.devices()[0].platform, "chunked")
 
 
 # --------------------------------------------------------------------------------------------

@@ -151,6 +151,13 @@ def attention(
     raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
 
 
+def _even_block(length: int, target: int) -> int:
+    """A block size near `target` that splits `length` into equal blocks (little padding)."""
+    blocks = -(-length // target)
+    size = -(-length // blocks)
+    return min(-(-size // 8) * 8, max(length, 1)) if length > 8 else length
+
+
 def chunked_attention(q, k, v, block_q: int = 1024, block_k: int = 1024):
     """Memory-efficient attention in plain XLA: query blocks x key blocks with online softmax.
 
@@ -159,7 +166,7 @@ def chunked_attention(q, k, v, block_q: int = 1024, block_k: int = 1024):
     """
     batch, len_q, heads, head_dim = q.shape
     len_k = k.shape[1]
-    block_q, block_k = min(block_q, len_q), min(block_k, len_k)
+    block_q, block_k = _even_block(len_q, block_q), _even_block(len_k, block_k)
     pad_q, pad_k = (-len_q) % block_q, (-len_k) % block_k
     dtype = q.dtype
     q = jnp.pad(q, ((0, 0), (0, pad_q), (0, 0), (0, 0))) * jnp.asarray(head_dim**-0.5, dtype)
