@@ -477,23 +477,7 @@ def memory_worker(task: dict) -> dict:
     )
 
 
-class DictSource(conversion_common.TensorSource):
-    """A conversion TensorSource over an in-memory {name: numpy array} dict."""
-
-    def __init__(self, tensors):
-        self.tensors = tensors
-
-    def shape(self, name):
-        return tuple(self.tensors[name].shape)
-
-    def __getitem__(self, name):
-        return self.tensors[name]
-
-    def __iter__(self):
-        return iter(self.tensors)
-
-    def __len__(self):
-        return len(self.tensors)
+DictSource = conversion_common.DictSource
 
 
 def diffusers_twin(config: DiTConfig, seed: int = 0):

@@ -205,6 +205,47 @@ class TorchPickleSource(TensorSource):
         return len(self._tensors)
 
 
+class RenamedSource(TensorSource):
+    """A lazy view of `source` under new names ({new: old})."""
+
+    def __init__(self, source: TensorSource, names: Mapping[str, str]):
+        self.source, self.names = source, dict(names)
+
+    def shape(self, name):
+        return tuple(self.source.shape(self.names[name]))
+
+    def __getitem__(self, name):
+        return self.source[self.names[name]]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+
+class DictSource(TensorSource):
+    """An in-memory state dict (numpy arrays or anything np.asarray accepts, e.g. torch tensors)."""
+
+    def __init__(self, tensors: Mapping):
+        self.tensors = dict(tensors)
+
+    def shape(self, name):
+        return tuple(self.tensors[name].shape)
+
+    def __getitem__(self, name):
+        value = self.tensors[name]
+        if hasattr(value, "detach"):  # torch tensor
+            value = value.detach().cpu().float().numpy()
+        return np.asarray(value)
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self):
+        return len(self.tensors)
+
+
 def open_source(path: Path) -> TensorSource:
     """A directory of safetensors, one .safetensors file, or a .pth/.pt torch archive."""
     path = Path(path)

@@ -279,7 +279,7 @@ def convert_source(
 ):
     """Tensor source -> Flax params (numpy), after checking every key and shape."""
     rename = diffusers_to_original if diffusers else (lambda n: n)
-    renamed = _RenamedSource(source, rename)
+    renamed = _renamed(source, rename)
     shapes = expected_shapes(config)
     common.check_keys(renamed, shapes, what)
     target = common.DTYPES[dtype]
@@ -304,22 +304,8 @@ def convert_source(
     return params
 
 
-class _RenamedSource(common.TensorSource):
-    def __init__(self, source, rename):
-        self._source = source
-        self._names = {rename(k): k for k in source}
-
-    def shape(self, name):
-        return self._source.shape(self._names[name])
-
-    def __getitem__(self, name):
-        return self._source[self._names[name]]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)
+def _renamed(source: common.TensorSource, rename) -> common.RenamedSource:
+    return common.RenamedSource(source, {rename(k): k for k in source})
 
 
 def _read_config(directory: Path) -> dict:
@@ -348,7 +334,7 @@ def _job(name: str, directory: Path, diffusers: bool, loras, lora_scale: float) 
     def validate():
         source = common.SafetensorsSource.from_dir(directory)
         rename = diffusers_to_original if diffusers else (lambda n: n)
-        common.check_keys(_RenamedSource(source, rename), expected_shapes(config), what)
+        common.check_keys(_renamed(source, rename), expected_shapes(config), what)
         shapes = expected_shapes(config)
         for lora in loras.get(name, []) + loras.get("*", []):
             load_lora_deltas(lora, lora_scale, shapes)

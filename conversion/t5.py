@@ -126,31 +126,19 @@ def flax_destination(name: str):
 # Sources
 
 
-class _OriginalNames(common.TensorSource):
+class _OriginalNames(common.RenamedSource):
     """A transformers-named source seen under original names (the tied embedding once)."""
 
     def __init__(self, source: common.TensorSource):
-        self.raw = source
-        self._source = source
-        self._names: dict[str, str] = {}
+        names: dict[str, str] = {}
         for key in source:
             name = hf_to_original(key)
             # Prefer `shared.weight` when both tied names are stored.
-            if name in self._names and key != "shared.weight":
+            if name in names and key != "shared.weight":
                 continue
-            self._names[name] = key
-
-    def shape(self, name):
-        return self._source.shape(self._names[name])
-
-    def __getitem__(self, name):
-        return self._source[self._names[name]]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)
+            names[name] = key
+        super().__init__(source, names)
+        self.raw = source
 
 
 def _shape(source: common.TensorSource, name: str, what: str) -> tuple[int, ...]:

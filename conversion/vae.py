@@ -109,45 +109,8 @@ def original_to_diffusers(name: str, variant: str, num_res_blocks: int = 2) -> s
     return name
 
 
-class RenamedSource(common.TensorSource):
-    """A lazy view of `source` under new names ({new: old})."""
-
-    def __init__(self, source: common.TensorSource, names: Mapping[str, str]):
-        self.source, self.names = source, dict(names)
-
-    def shape(self, name):
-        return tuple(self.source.shape(self.names[name]))
-
-    def __getitem__(self, name):
-        return self.source[self.names[name]]
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __len__(self):
-        return len(self.names)
-
-
-class DictSource(common.TensorSource):
-    """An in-memory state dict (numpy arrays or anything np.asarray accepts, e.g. torch tensors)."""
-
-    def __init__(self, tensors: Mapping):
-        self.tensors = dict(tensors)
-
-    def shape(self, name):
-        return tuple(self.tensors[name].shape)
-
-    def __getitem__(self, name):
-        value = self.tensors[name]
-        if hasattr(value, "detach"):  # torch tensor
-            value = value.detach().cpu().float().numpy()
-        return np.asarray(value)
-
-    def __iter__(self):
-        return iter(self.tensors)
-
-    def __len__(self):
-        return len(self.tensors)
+RenamedSource = common.RenamedSource  # re-exported: tests and callers use these names
+DictSource = common.DictSource
 
 
 def as_diffusers_source(source: common.TensorSource) -> common.TensorSource:

@@ -64,21 +64,7 @@ def ti2v_model():
     return config, model, params
 
 
-class _DictSource(common.TensorSource):
-    def __init__(self, tensors):
-        self.tensors = tensors
-
-    def shape(self, name):
-        return tuple(self.tensors[name].shape)
-
-    def __getitem__(self, name):
-        return self.tensors[name]
-
-    def __iter__(self):
-        return iter(self.tensors)
-
-    def __len__(self):
-        return len(self.tensors)
+_DictSource = common.DictSource
 
 
 def test_parity_scalar_timesteps(ti2v_model):
