@@ -1,4 +1,5 @@
-"""Trains SwiftI2V Stage II (or the Stage I low-res LoRA).
+"""Trains SwiftI2V Stage II (or Stage I: its low-res LoRA, or the demo's full model; or the
+demo VAE, `stage = 'vae'` configs, training/vae_training.py).
 
     python train.py --config=configs/stage2.py:tiny --workdir /tmp/swifti2v-tiny
     python train.py --config=configs/stage2.py --workdir gs://... \
@@ -19,7 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from swifti2v_jax.training import checkpointing, experiment, metrics, optim, sharding
+from swifti2v_jax import checkpoints
+from swifti2v_jax.training import checkpointing, experiment, metrics, optim, sharding, vae_training
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
 
@@ -28,6 +30,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and event files go here")
 flags.mark_flags_as_required(["config", "workdir"])
+MODEL_DIR = "model"  # WORKDIR/model: the finished run's model directory
 
 
 def train(config, workdir: Path) -> int:
@@ -132,7 +135,24 @@ def train(config, workdir: Path) -> int:
     watcher.close()
     writer.close()
     logging.info("done at step %d (checkpoints in %s)", step, checkpointer.directory)
+    if step >= config.num_steps:
+        export_model(workdir / MODEL_DIR, state, parameters, model_config, use_ema, step)
     return step
+
+
+def export_model(out_dir: Path, state, parameters, model_config, use_ema: bool, step: int):
+    """WORKDIR/model: the finished run's DiT (EMA if kept, LoRA merged) as a model directory
+    that sample.py loads (--config.checkpoints.stage2=...)."""
+    if out_dir.exists():
+        logging.info("%s exists: not exporting again", out_dir)
+        return
+    if jax.process_count() > 1:  # FSDP shards live on other hosts: use the Orbax checkpoint
+        logging.info("multi-host run: no %s export (sample from the Orbax checkpoint)", out_dir)
+        return
+    trainable = jax.device_get(state.ema_params if use_ema else state.params)
+    params = jax.device_get(parameters.compose(trainable, parameters.frozen))
+    checkpoints.save(out_dir, "dit", model_config.to_dict(), params, trained_steps=step)
+    logging.info("exported the trained model to %s", out_dir)
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -147,10 +167,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
     config = _CONFIG.value
-    if config.distributed:
+    if config.get("distributed", False):
         jax.distributed.initialize()
     try:
-        train(config, Path(_WORKDIR.value))
+        if config.get("stage") == "vae":
+            vae_training.train(config, Path(_WORKDIR.value))
+        else:
+            train(config, Path(_WORKDIR.value))
     except ValueError as error:  # a configuration or data problem: one clear line
         logging.error("%s", error)
         raise SystemExit(f"error: {error}") from None

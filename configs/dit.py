@@ -95,6 +95,32 @@ def tiny_i2v() -> ml_collections.ConfigDict:
     return config
 
 
+def demo_stage1() -> ml_collections.ConfigDict:
+    """The demo's Stage I (configs/demo/stage1.py): TI2V-style, 1x1x1 patches because its
+    64x32 frames are only 8x4 latents; text_dim 32 = the demo umT5's width."""
+    return _make(
+        model_type="ti2v",
+        patch_size=(1, 1, 1),
+        dim=128,
+        ffn_dim=384,
+        num_heads=2,
+        num_layers=4,
+        in_dim=48,
+        out_dim=48,
+        text_dim=32,
+        freq_dim=64,
+        compute_dtype="float32",
+    )
+
+
+def demo_stage2() -> ml_collections.ConfigDict:
+    """The demo's Stage II (configs/demo/stage2.py): concat conditioning (48 + 48 channels)."""
+    config = demo_stage1()
+    config.patch_size = (1, 2, 2)
+    config.in_dim = 96
+    return config
+
+
 PRESETS = {
     "ti2v_5b": ti2v_5b,
     "ti2v_5b_concat": ti2v_5b_concat,
@@ -103,6 +129,8 @@ PRESETS = {
     "tiny": tiny,
     "tiny_concat": tiny_concat,
     "tiny_i2v": tiny_i2v,
+    "demo_stage1": demo_stage1,
+    "demo_stage2": demo_stage2,
 }
 
 

@@ -189,8 +189,23 @@ def prepare(
     progress: bool = False,
 ) -> PrepareReport:
     """Writes OUT/train-XXXXX-of-YYYYY.array_record, dataset.json and prepare_report.json."""
-    from array_record.python.array_record_module import ArrayRecordWriter
+    check_output(out_dir, records_per_shard, dtype, overwrite)
+    videos.list_videos(video_dir)  # a missing folder fails here, before any work
+    clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
+    reference = reference or ReferenceSpec()
+    report = PrepareReport()
+    named_records = iterate_records(
+        video_dir, clip_spec, encoders, reference, report, dtype=dtype, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    info = {"clip": dataclasses.asdict(clip_spec), "reference": dataclasses.asdict(reference)}
+    return write_dataset(
+        out_dir, named_records, report, records_per_shard=records_per_shard, dtype=dtype,
+        info=info, what=f"no usable video in {video_dir}",
+    )  # fmt: skip
 
+
+def check_output(out_dir, records_per_shard: int, dtype: str, overwrite: bool) -> None:
     if records_per_shard < 1:
         raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
     if dtype not in records.STORAGE_DTYPES:
@@ -198,20 +213,29 @@ def prepare(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"{out_dir} is not empty; choose a new folder or pass --overwrite")
-    videos.list_videos(video_dir)  # a missing folder fails here, before any work
-    clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
 
-    reference = reference or ReferenceSpec()
+
+def write_dataset(
+    out_dir,
+    named_records: Iterator[tuple[str, dict]],
+    report: PrepareReport,
+    *,
+    records_per_shard: int = 256,
+    dtype: str = "float16",
+    info: dict | None = None,
+    what: str = "no records",
+) -> PrepareReport:
+    """Consumes (name, record) pairs into shards written to a temporary folder, then moves
+    them into OUT with dataset.json (+ `info`) and prepare_report.json: all or nothing."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
     start = time.time()
-    report = PrepareReport()
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     try:
         shard_files, writer, in_shard, shape, text_dim = [], None, 0, None, None
-        for _, record in iterate_records(
-            video_dir, clip_spec, encoders, reference, report, dtype=dtype, seed=seed,
-            progress=progress,
-        ):  # fmt: skip
+        for _, record in named_records:
             if writer is None or in_shard == records_per_shard:
                 if writer is not None:
                     writer.close()
@@ -223,11 +247,8 @@ def prepare(
             shape, text_dim = list(record["latents"].shape), int(record["context"].shape[1])
         if writer is not None:
             writer.close()
-        if report.written == 0:
-            raise ValueError(
-                f"no usable video in {video_dir}: {len(report.skipped)} skipped\n"
-                + report.summary()
-            )
+        if not shard_files:
+            raise ValueError(f"{what}: {len(report.skipped)} skipped\n" + report.summary())
         count = len(shard_files)
         for index, file in enumerate(shard_files):
             name = f"train-{index:05d}-of-{count:05d}.array_record"
@@ -240,8 +261,7 @@ def prepare(
             "num_blocks": shape[0],
             "text_dim": text_dim,
             "dtype": dtype,
-            "clip": dataclasses.asdict(clip_spec),
-            "reference": dataclasses.asdict(reference),
+            **(info or {}),
             "shards": report.shards,
         }
         (out_dir / DATASET_FILE).write_text(json.dumps(dataset, indent=2))

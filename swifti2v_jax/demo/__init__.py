@@ -1,8 +1,9 @@
-"""The bundled demo: a procedurally drawn example image, a default prompt, and tiny models.
+"""The bundled demo: an example image, a default prompt, and small trained models.
 
-`swifti2v_jax/demo/weights/` holds trained demo checkpoints when they are shipped; until then
-`build.ensure_random_demo()` writes tiny random-init checkpoints (same layout) into a cache
-directory, so `sample.py` runs end to end with no downloads (the video is then noise).
+`swifti2v_jax/demo/weights/` holds the trained demo checkpoints (dit/ stage2/ vae/ t5/
+tokenizer/, rebuilt by `python -m swifti2v_jax.demo.reproduce`). Without them (a stripped
+install) `build.ensure_random_demo()` writes tiny random-init checkpoints of the same layout
+into a cache directory, so `sample.py` still runs end to end (the video is then noise).
 """
 
 import os
@@ -11,10 +12,8 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).resolve().parent
 EXAMPLE_IMAGE = DEMO_DIR / "example.png"
 BUNDLED_WEIGHTS = DEMO_DIR / "weights"
-EXAMPLE_PROMPT = (
-    "a small sailing boat drifts across a calm mountain lake at sunset, gentle ripples, "
-    "the camera slowly pans to the right"
-)
+# The demo captions' form (demo/dataset.py: the example scene pans right).
+EXAMPLE_PROMPT = "a textured scene with moving discs, the camera slowly pans to the right"
 
 
 def cache_root() -> Path:

@@ -38,6 +38,7 @@ from swifti2v_jax.models import dit, t5, vae
 
 VERSION = 1  # bump when the demo architecture changes (invalidates cached random builds)
 MARKER = "DEMO.json"
+EXAMPLE_SEED = 1_000_005  # held out: the demo models train on procedural seeds < 1000
 STAGE1_KINDS = ("ti2v", "a14b")
 
 # Demo architectures: the tiny test presets (text_dim 32 = the tiny umT5's d_model).
@@ -190,39 +191,14 @@ def ensure_random_demo(stage1: str = "ti2v", root: Path | None = None) -> tuple[
 
 
 def make_example_image(width: int = 512, height: int = 256) -> np.ndarray:
-    """A procedurally drawn sunset lake with mountains and a sailing boat: uint8 [H, W, 3]."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    u, v = x / width, y / height
-    horizon = 0.58
-    sky_top, sky_bottom = np.array([40, 60, 140]), np.array([250, 170, 90])
-    t = np.clip(v / horizon, 0, 1)[..., None]
-    image = (1 - t) * sky_top + t * sky_bottom
-    # Sun: a soft disc just above the horizon.
-    sun = np.exp(-(((u - 0.68) * width) ** 2 + ((v - 0.30) * height) ** 2) / (2 * 12.0**2))
-    image += sun[..., None] * np.array([255, 220, 150]) * 0.9
-    # Two mountain ridges (sums of sines), the far one lighter.
-    for color, base, amp, freq, phase in (
-        ((120, 90, 130), 0.42, 0.09, (3.1, 7.3), 0.4),
-        ((60, 50, 80), 0.50, 0.07, (4.7, 11.1), 1.9),
-    ):
-        ridge = base - amp * (
-            np.sin(u * freq[0] * np.pi + phase) * 0.6 + np.sin(u * freq[1] * np.pi) * 0.4
-        )
-        mask = (v > ridge) & (v < horizon)
-        image[mask] = color
-    # Lake: the sky mirrored and darkened, with horizontal ripples.
-    below = v >= horizon
-    mirror_row = np.clip((2 * horizon - v) * height, 0, height - 1).astype(int)
-    ripple = 0.9 + 0.05 * np.sin(v * height * 0.9 + np.sin(u * 25) * 1.5)
-    reflected = image[mirror_row, x.astype(int)] * ripple[..., None] * 0.75
-    image[below] = reflected[below]
-    # Boat: a dark hull and a white triangular sail.
-    bx, by = 0.33, horizon + 0.12
-    hull = (np.abs(u - bx) < 0.06 - (v - by) * 0.5) & (v > by) & (v < by + 0.04)
-    sail = (v < by) & (v > by - 0.2) & (u > bx - 0.005) & (u - bx < (v - (by - 0.2)) * 0.25)
-    image[hull] = (50, 35, 30)
-    image[sail] = (245, 245, 235)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    """Frame 0 of a held-out procedural clip (the demo models never saw it): uint8 [H, W, 3].
+
+    Drawn at twice the demo's 256x128 like the demo's training clips (data/procedural.py).
+    """
+    from swifti2v_jax.data import procedural
+
+    high, _ = procedural.render_pair(EXAMPLE_SEED, 1, height, width, factor=1)
+    return procedural.to_uint8(high[0])
 
 
 def write_example_image(path: str | os.PathLike = EXAMPLE_IMAGE) -> Path:

@@ -585,6 +585,34 @@ def _decode_frames(params, config: VAEConfig, latents):
     return _decode_rest(params, config, cache, first, latents[:, 1:])[0]
 
 
+def encode_frames(params, config: VAEConfig, video):
+    """Whole-video encode for training: each temporal chunk in one piece, chunks unrolled.
+
+    Same result as `encode`; no scans, so its gradient keeps no per-step copies of an output
+    buffer (meant for short training clips: the program grows with the frame count)."""
+    t = temporal_factor(config)
+    latents, cache = _apply(params, config, None, video[:, :1], True, "encode_chunk")
+    outputs = [latents]
+    for start in range(1, video.shape[1], t):
+        latents, cache = _apply(
+            params, config, cache, video[:, start : start + t], False, "encode_chunk"
+        )
+        outputs.append(latents)
+    return jnp.concatenate(outputs, axis=1)
+
+
+def decode_frames(params, config: VAEConfig, latents):
+    """Whole-video decode for training (see `encode_frames`)."""
+    pixels, cache = _apply(params, config, None, latents[:, :1], True, "decode_chunk")
+    outputs = [pixels]
+    for index in range(1, latents.shape[1]):
+        pixels, cache = _apply(
+            params, config, cache, latents[:, index : index + 1], False, "decode_chunk"
+        )
+        outputs.append(pixels)
+    return jnp.concatenate(outputs, axis=1)
+
+
 # Chunk 0 is its own program (compiled once per frame size, it creates the cache); the scan
 # over the remaining chunks is a second one (compiled per chunk count), which consumes the cache.
 _encode_rest_program = jax.jit(_encode_rest, static_argnums=1, donate_argnums=2)

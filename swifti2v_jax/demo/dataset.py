@@ -1,0 +1,158 @@
+"""Demo training data: procedural clips encoded with the demo VAE, as ArrayRecord shards.
+
+    python -m swifti2v_jax.demo.dataset --vae runs/demo/vae/model --text runs/demo/text \
+        --out runs/demo/data --num-clips 160
+
+For each seed in [first_seed, first_seed + num_clips) a procedural clip is rendered at the
+target size and at 1/factor (box downsampled, data/procedural.py), then:
+
+  OUT/stage2  latents = VAE(high-res clip); reference = z_ref of the hybrid reference built
+              from the low-res clip after a VAE round trip (what a Stage I output looks like:
+              decoded low-res frames), exactly as sampling builds it (sampling/reference.py).
+  OUT/stage1  latents = VAE(low-res clip); reference = the latents (unused: no z_ref).
+
+Captions name the camera's horizontal pan ('... pans left/right'), embedded with the demo's
+umT5 (`--text`: a folder with t5/ and tokenizer/, e.g. from `python -m swifti2v_jax.demo.build`).
+Both folders are written all-or-nothing by data/prepare.py's writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from swifti2v_jax import checkpoints, text
+from swifti2v_jax.data import prepare, procedural, records
+from swifti2v_jax.models import vae
+from swifti2v_jax.sampling import reference
+
+STAGES = ("stage1", "stage2")
+
+
+def caption(seed: int) -> str:
+    direction = "right" if procedural.random_scene(seed).pan[0] > 0 else "left"
+    return f"a textured scene with moving discs, the camera slowly pans to the {direction}"
+
+
+class TextEncoder:
+    """Prompt -> trimmed umT5 embedding [L, d] (cached: the captions repeat)."""
+
+    def __init__(self, folder: Path, text_len: int = text.TEXT_LEN):
+        self.config, self.params = checkpoints.load(folder / "t5", kind="t5")
+        self.tokenizer = text.Tokenizer(folder / "tokenizer", text_len=text_len)
+        self.text_len = text_len
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, prompt: str) -> np.ndarray:
+        if prompt not in self._cache:
+            embedding = text.encode_prompts(
+                self.params, self.config, self.tokenizer, [prompt], self.text_len
+            )
+            self._cache[prompt] = records.trim_context(np.asarray(embedding)[0])
+        return self._cache[prompt]
+
+
+def clip_records(seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype):
+    """-> {'stage1': record, 'stage2': record} for one procedural clip."""
+    high, low = procedural.render_pair(seed, frames, height, width, factor)
+    latents = vae.encode(vae_params, vae_config, high[None])
+    low_latents = vae.encode(vae_params, vae_config, low[None])
+    low_decoded = vae.decode(vae_params, vae_config, low_latents)
+    z_ref = reference.encode_hybrid_reference(vae_params, vae_config, low_decoded, high[None, 0])
+    prompt = caption(seed)
+    context = encode_text(prompt)
+    name = f"procedural-{seed}"
+    as_np = lambda x: np.asarray(x[0], np.float32)
+    return {
+        "stage2": records.make_record(as_np(latents), as_np(z_ref), context, prompt, name, dtype),
+        "stage1": records.make_record(
+            as_np(low_latents), as_np(low_latents), context, prompt, name, dtype
+        ),
+    }
+
+
+def build(
+    vae_dir, text_dir, out_dir, *, num_clips: int, first_seed: int = 0, frames: int = 33,
+    height: int = 128, width: int = 256, factor: int = 4, dtype: str = "float16",
+    overwrite: bool = False, progress: bool = True,
+) -> dict[str, prepare.PrepareReport]:  # fmt: skip
+    out_dir = Path(out_dir)
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    for stage in STAGES:
+        prepare.check_output(out_dir / stage, num_clips, dtype, overwrite)
+    vae_config, vae_params = checkpoints.load(vae_dir, kind="vae")
+    vae_config = vae.as_config(vae_config)
+    prepare.ClipSpec(frames, height, width).validate(
+        vae_config.temporal_factor, vae_config.spatial_factor * factor
+    )
+    encode_text = TextEncoder(Path(text_dir))
+
+    # Both data sets are built in one pass (the clips are rendered and encoded once), then
+    # written by the shared shard writer.
+    per_stage: dict[str, list] = {stage: [] for stage in STAGES}
+    start = time.time()
+    seeds = range(first_seed, first_seed + num_clips)
+    if progress:
+        from tqdm import tqdm
+
+        seeds = tqdm(seeds, desc="encoding clips", unit="clip")
+    for seed in seeds:
+        made = clip_records(
+            seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype
+        )
+        for stage in STAGES:
+            per_stage[stage].append((made[stage]["name"], made[stage]))
+    seconds = time.time() - start
+
+    reports = {}
+    for stage in STAGES:
+        report = prepare.PrepareReport(written=len(per_stage[stage]))
+        info = {
+            "procedural": dict(
+                first_seed=first_seed, num_clips=num_clips, frames=frames, factor=factor,
+                height=height if stage == "stage2" else height // factor,
+                width=width if stage == "stage2" else width // factor,
+                vae=str(vae_dir), encode_seconds=round(seconds, 1),
+            )
+        }  # fmt: skip
+        reports[stage] = prepare.write_dataset(
+            out_dir / stage, iter(per_stage[stage]), report, records_per_shard=num_clips,
+            dtype=dtype, info=info,
+        )  # fmt: skip
+    return reports
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vae", required=True, help="the trained demo VAE (WORKDIR/model)")
+    parser.add_argument("--text", required=True, help="folder with t5/ and tokenizer/")
+    parser.add_argument("--out", required=True, help="output folder (stage1/ and stage2/)")
+    parser.add_argument("--num-clips", type=int, default=160)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        reports = build(
+            args.vae, args.text, args.out, num_clips=args.num_clips,
+            first_seed=args.first_seed, frames=args.frames, height=args.height,
+            width=args.width, factor=args.factor, overwrite=args.overwrite,
+        )  # fmt: skip
+    except (ValueError, checkpoints.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for stage, report in reports.items():
+        print(f"{stage}: {report.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

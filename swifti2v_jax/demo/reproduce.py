@@ -1,0 +1,119 @@
+"""Rebuilds the shipped demo weights from scratch with the repository's own commands.
+
+    python -m swifti2v_jax.demo.reproduce --workdir runs/demo [--install]
+
+Run from the repository root (it calls train.py). Steps, each skipped when its output exists
+(so an interrupted run resumes; train.py itself resumes from its checkpoints):
+
+  1. text     python -m swifti2v_jax.demo.build WORKDIR/random  (the tiny random umT5 and
+              tokenizer; the demo models are trained on its embeddings)
+  2. vae      python train.py --config=configs/demo/vae.py --workdir WORKDIR/vae
+  3. data     python -m swifti2v_jax.demo.dataset --vae WORKDIR/vae/model ...
+  4. stage1   python train.py --config=configs/demo/stage1.py --workdir WORKDIR/stage1 ...
+  5. stage2   python train.py --config=configs/demo/stage2.py --workdir WORKDIR/stage2 ...
+  6. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
+              also copied to swifti2v_jax/demo/weights, where sample.py looks first.
+
+WORKDIR/reproduce.json records the commands and how long each step took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from swifti2v_jax.demo import BUNDLED_WEIGHTS
+
+COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
+    "dit": ("stage1/model", "Stage I (TI2V-style, 64x32)"),
+    "stage2": ("stage2/model", "Stage II (concat, 256x128 CSG windows)"),
+    "vae": ("vae/model", "Wan2.2-style VAE, 4x8x8"),
+    "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
+    "tokenizer": ("random/tokenizer", "demo tokenizer"),
+}
+
+
+def steps(workdir: Path, num_clips: int) -> list[tuple[str, Path, list[str]]]:
+    """(name, output that marks it done, command)."""
+    py = sys.executable
+    data = workdir / "data"
+    return [
+        ("text", workdir / "random" / "t5",
+         [py, "-m", "swifti2v_jax.demo.build", str(workdir / "random")]),
+        ("vae", workdir / "vae" / "model",
+         [py, "train.py", "--config=configs/demo/vae.py", f"--workdir={workdir / 'vae'}"]),
+        ("data", data / "stage2" / "dataset.json",
+         [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
+          "--text", str(workdir / "random"), "--out", str(data), "--num-clips", str(num_clips),
+          "--overwrite"]),
+        ("stage1", workdir / "stage1" / "model",
+         [py, "train.py", "--config=configs/demo/stage1.py", f"--workdir={workdir / 'stage1'}",
+          f"--config.data.path={data / 'stage1'}"]),
+        ("stage2", workdir / "stage2" / "model",
+         [py, "train.py", "--config=configs/demo/stage2.py", f"--workdir={workdir / 'stage2'}",
+          f"--config.data.path={data / 'stage2'}"]),
+    ]  # fmt: skip
+
+
+def export(workdir: Path, out: Path, log: dict) -> Path:
+    """Copies the five model folders into `out` (all or nothing) with DEMO.json."""
+    missing = [str(workdir / sub) for sub, _ in COMPONENTS.values() if not (workdir / sub).is_dir()]
+    if missing:
+        raise ValueError(f"cannot export, missing: {missing}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, (sub, _) in COMPONENTS.items():
+        shutil.copytree(workdir / sub, tmp / name)
+    manifest = {
+        "trained": True,
+        "components": {name: what for name, (_, what) in COMPONENTS.items()},
+        "reproduce": "python -m swifti2v_jax.demo.reproduce --workdir runs/demo --install",
+        "steps": log,
+    }
+    (tmp / "DEMO.json").write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="runs/demo")
+    parser.add_argument("--num-clips", type=int, default=160, help="training clips for the DiTs")
+    parser.add_argument("--install", action="store_true", help=f"copy into {BUNDLED_WEIGHTS}")
+    args = parser.parse_args(argv)
+    if not Path("train.py").is_file():
+        print("error: run from the repository root (train.py not found)", file=sys.stderr)
+        return 1
+    workdir = Path(args.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_file = workdir / "reproduce.json"
+    log = json.loads(log_file.read_text()) if log_file.is_file() else {}
+    for name, done, command in steps(workdir, args.num_clips):
+        if done.exists():
+            print(f"[{name}] done already ({done})")
+            continue
+        print(f"[{name}] {' '.join(command)}", flush=True)
+        start = time.time()
+        if subprocess.run(command).returncode != 0:
+            print(f"error: step {name} failed", file=sys.stderr)
+            return 1
+        log[name] = {"command": " ".join(command), "seconds": round(time.time() - start, 1)}
+        log_file.write_text(json.dumps(log, indent=2))
+    out = export(workdir, workdir / "weights", log)
+    print(f"[export] {out}")
+    if args.install:
+        export(workdir, BUNDLED_WEIGHTS, log)
+        print(f"[install] {BUNDLED_WEIGHTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

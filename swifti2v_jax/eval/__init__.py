@@ -1,0 +1,1 @@
+"""Quality evaluation: image metrics and the demo's SwiftI2V-vs-upsampling check."""

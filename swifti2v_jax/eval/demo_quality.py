@@ -1,0 +1,328 @@
+"""Does Stage II recover input-faithful detail that upsampling the low-res motion cannot?
+
+    python -m swifti2v_jax.eval.demo_quality [--weights DIR] [--clips 8] [--frames 33]
+
+On held-out procedural clips (seeds from 1_000_000; training uses seeds below 1_000) with the
+demo models, every output is compared with the true high-res clip (PSNR, SSIM per frame):
+
+  bicubic    the low-res video upsampled (bicubic): what Stage I alone gives at 2K
+  stage2     Stage II (CSG, bidirectional windows) on the hybrid reference of that video
+  read_only  the ablation: context blocks cannot attend to the noisy ones
+  vae        the true clip through the VAE: the ceiling of anything decoded from latents
+
+under two protocols for the low-res video:
+
+  oracle     the true low-res clip (box downsampled): Stage II alone, motion given
+  pipeline   Stage I generated from the low-res first frame: the whole two-stage system
+             (its motion is sampled, so it need not match the true clip's)
+
+Frame 0 is the input image itself, so the summaries average frames 1.. only. Per-segment
+numbers average the frames of each CSG segment's noisy blocks (drift over the clip).
+Writes OUT/demo_quality.json, OUT/demo_quality.md, OUT/psnr_per_frame.png and
+OUT/frames.png (truth / bicubic / Stage II for one clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import sample as sample_configs
+from swifti2v_jax import checkpoints
+from swifti2v_jax.data import procedural
+from swifti2v_jax.demo import BUNDLED_WEIGHTS
+from swifti2v_jax.demo.dataset import TextEncoder, caption
+from swifti2v_jax.eval import metrics
+from swifti2v_jax.models import vae
+from swifti2v_jax.models.dit import DiTConfig
+from swifti2v_jax.sampling import csg, reference, stage1
+from swifti2v_jax.sampling.pipeline import PipelineConfig
+
+FIRST_HELD_OUT_SEED = 1_000_000
+METHODS = ("bicubic", "stage2", "read_only")
+PROTOCOLS = ("oracle", "pipeline")
+
+
+class DemoModels:
+    def __init__(self, weights: Path):
+        missing = [
+            name for name in ("dit", "stage2", "vae", "t5", "tokenizer")
+            if not (weights / name).is_dir()
+        ]  # fmt: skip
+        if missing:
+            raise ValueError(
+                f"{weights} lacks {missing}: train the demo models first (README, 'Demo models')"
+            )
+        vae_config, self.vae_params = checkpoints.load(weights / "vae", kind="vae")
+        self.vae_config = vae.as_config(vae_config)
+        stage1_config, self.stage1_params = checkpoints.load(weights / "dit", kind="dit")
+        self.stage1_config = DiTConfig.from_dict(stage1_config)
+        stage2_config, self.stage2_params = checkpoints.load(weights / "stage2", kind="dit")
+        self.stage2_config = DiTConfig.from_dict(stage2_config)
+        self.text = TextEncoder(weights)
+
+
+def encode_context(models: DemoModels, prompt: str) -> jax.Array:
+    from swifti2v_jax.data import records
+
+    return jnp.asarray(records.pad_context(models.text(prompt), models.text.text_len))[None]
+
+
+def stage2_video(models, csg_config, video_low, image, context, key) -> np.ndarray:
+    z_ref = reference.encode_hybrid_reference(
+        models.vae_params, models.vae_config, video_low, image
+    )
+    anchor = reference.encode_anchor(models.vae_params, models.vae_config, image)
+    latents = csg.generate(
+        models.stage2_params, models.stage2_config, csg_config,
+        z_ref=z_ref, anchor=anchor, context=context, key=key,
+    )  # fmt: skip
+    return np.asarray(vae.decode(models.vae_params, models.vae_config, latents))[0]
+
+
+def segment_frames(csg_config: csg.CSGConfig, num_blocks: int, temporal: int) -> list[list[int]]:
+    """Pixel frames produced by each segment (its noisy blocks; block b >= 1 is frames
+    temporal*(b-1)+1 .. temporal*b)."""
+    frames = []
+    for window in csg_config.plan(num_blocks):
+        blocks = [b for b, noisy in zip(window.blocks, window.is_noisy) if noisy]
+        frames.append([f for b in blocks for f in range(temporal * (b - 1) + 1, temporal * b + 1)])
+    return frames
+
+
+def evaluate_clip(models, pipeline_config, seed, frames, height, width, factor, key):
+    high, low = procedural.render_pair(seed, frames, height, width, factor)
+    image = jnp.asarray(high[None, 0])
+    context = encode_context(models, caption(seed))
+    key_stage1, key_stage2 = jax.random.split(key)
+    scores = {}
+
+    # the VAE's own ceiling
+    recon = vae.decode(models.vae_params, models.vae_config, vae.encode(
+        models.vae_params, models.vae_config, high[None]))  # fmt: skip
+    scores["vae"] = _scores(np.asarray(recon)[0], high)
+
+    # Stage I from the low-res first frame (TI2V image-to-video)
+    image_latent = vae.encode(models.vae_params, models.vae_config, low[None, :1])
+    z_low = stage1.ti2v_image_to_video(
+        models.stage1_params, models.stage1_config, pipeline_config.stage1,
+        image_latent=image_latent, num_latent_frames=vae.num_latent_frames(
+            models.vae_config, frames), context=context, key=key_stage1,
+    )  # fmt: skip
+    stage1_low = vae.decode(models.vae_params, models.vae_config, z_low)
+
+    videos = {}
+    for protocol, video_low in (("oracle", jnp.asarray(low[None])), ("pipeline", stage1_low)):
+        upsampled = np.asarray(reference.upsample_frames(video_low, height, width))[0]
+        upsampled[0] = high[0]  # both methods are given the input image as frame 0
+        outputs = {"bicubic": upsampled}
+        for method, attention in (("stage2", "bidirectional"), ("read_only", "read_only")):
+            config = _replace(pipeline_config.stage2, attention=attention)
+            outputs[method] = stage2_video(models, config, video_low, image, context, key_stage2)
+        for method, video in outputs.items():
+            scores[f"{protocol}/{method}"] = _scores(video, high)
+        videos[protocol] = outputs
+    return scores, high, videos
+
+
+def _replace(config: csg.CSGConfig, **changes) -> csg.CSGConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def _scores(video, truth) -> dict:
+    return {
+        "psnr": metrics.psnr(video, truth).tolist(),
+        "ssim": metrics.ssim(video, truth).tolist(),
+    }
+
+
+def summarise(per_clip: list[dict], segments: list[list[int]]) -> dict:
+    names = per_clip[0].keys()
+    summary = {}
+    for name in names:
+        psnr = np.array([clip[name]["psnr"] for clip in per_clip])  # [clips, frames]
+        ssim = np.array([clip[name]["ssim"] for clip in per_clip])
+        summary[name] = {
+            "psnr": float(psnr[:, 1:].mean()),
+            "ssim": float(ssim[:, 1:].mean()),
+            "psnr_per_frame": psnr.mean(0).round(3).tolist(),
+            "psnr_per_segment": [float(psnr[:, f].mean()) for f in segments],
+            "ssim_per_segment": [float(ssim[:, f].mean()) for f in segments],
+        }
+    for protocol in PROTOCOLS:
+        gains = [
+            np.mean(clip[f"{protocol}/stage2"]["psnr"][1:])
+            - np.mean(clip[f"{protocol}/bicubic"]["psnr"][1:])
+            for clip in per_clip
+        ]
+        summary[f"{protocol}/stage2_minus_bicubic_psnr"] = {
+            "mean": float(np.mean(gains)),
+            "min": float(np.min(gains)),
+            "clips_where_stage2_wins": int(np.sum(np.array(gains) > 0)),
+        }
+    return summary
+
+
+def markdown(result: dict) -> str:
+    s, cfg = result["summary"], result["settings"]
+    lines = [
+        f"# Demo quality ({cfg['clips']} held-out clips, {cfg['frames']} frames "
+        f"{cfg['width']}x{cfg['height']}, low-res 1/{cfg['factor']})",
+        "",
+        "Frames 1.. (frame 0 is the input image). PSNR in dB, SSIM in [0, 1].",
+        "",
+        "| protocol | bicubic PSNR / SSIM | Stage II PSNR / SSIM | read-only PSNR / SSIM |",
+        "|---|---|---|---|",
+    ]
+    for protocol in PROTOCOLS:
+        cells = [f"{s[f'{protocol}/{m}']['psnr']:.2f} / {s[f'{protocol}/{m}']['ssim']:.3f}"
+                 for m in METHODS]  # fmt: skip
+        lines.append(f"| {protocol} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"VAE reconstruction ceiling: {s['vae']['psnr']:.2f} dB / {s['vae']['ssim']:.3f}.",
+        "",
+        "Stage II minus bicubic (PSNR, per clip): "
+        + "; ".join(
+            f"{p}: mean {s[f'{p}/stage2_minus_bicubic_psnr']['mean']:+.2f} dB, "
+            f"min {s[f'{p}/stage2_minus_bicubic_psnr']['min']:+.2f} dB, wins on "
+            f"{s[f'{p}/stage2_minus_bicubic_psnr']['clips_where_stage2_wins']}/{cfg['clips']}"
+            for p in PROTOCOLS
+        ),
+        "",
+        "PSNR per CSG segment (frames of its noisy blocks), bidirectional vs read-only:",
+        "",
+        "| segment | frames | oracle bidir. | oracle read-only | pipeline bidir. "
+        "| pipeline read-only |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, frames in enumerate(result["segment_frames"]):
+        values = [
+            s[f"{p}/{m}"]["psnr_per_segment"][i] for p in PROTOCOLS for m in ("stage2", "read_only")
+        ]
+        lines.append(
+            f"| {i} | {frames[0]}-{frames[-1]} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
+        )
+    lines += ["", f"Took {result['seconds']:.0f} s on {result['backend']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result["summary"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, protocol in zip(axes, PROTOCOLS):
+        for method, style in (("bicubic", ":"), ("stage2", "-"), ("read_only", "--")):
+            ax.plot(s[f"{protocol}/{method}"]["psnr_per_frame"], style, label=method)
+        ax.plot(s["vae"]["psnr_per_frame"], color="grey", lw=0.8, label="VAE ceiling")
+        for frames in result["segment_frames"][1:]:
+            ax.axvline(frames[0] - 0.5, color="k", lw=0.3)
+        ax.set_title(f"{protocol} low-res video")
+        ax.set_xlabel("frame")
+    axes[0].set_ylabel("PSNR vs. true high-res (dB)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def frame_grid(truth, videos, frame_ids) -> np.ndarray:
+    """Rows: truth, oracle bicubic, oracle Stage II, pipeline Stage II; columns: frames."""
+    rows = [truth, videos["oracle"]["bicubic"], videos["oracle"]["stage2"],
+            videos["pipeline"]["stage2"]]  # fmt: skip
+    return np.concatenate(
+        [np.concatenate([procedural.to_uint8(row[f]) for f in frame_ids], axis=1) for row in rows],
+        axis=0,
+    )
+
+
+def run(weights, out_dir, *, clips=8, frames=33, height=128, width=256, factor=4, seed=0):
+    import imageio.v3 as iio
+
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    start = time.time()
+    models = DemoModels(Path(weights))
+    pipeline_config = PipelineConfig.from_config(sample_configs.get_config("demo"))
+    num_blocks = vae.num_latent_frames(models.vae_config, frames)
+    segments = segment_frames(pipeline_config.stage2, num_blocks, models.vae_config.temporal_factor)
+    per_clip, first = [], None
+    for index in range(clips):
+        clip_seed = FIRST_HELD_OUT_SEED + index
+        key = jax.random.fold_in(jax.random.key(seed), index)
+        scores, truth, videos = evaluate_clip(
+            models, pipeline_config, clip_seed, frames, height, width, factor, key
+        )
+        per_clip.append(scores)
+        first = first or (truth, videos)
+        gain = np.mean(scores["oracle/stage2"]["psnr"][1:]) - np.mean(
+            scores["oracle/bicubic"]["psnr"][1:]
+        )
+        print(f"clip {clip_seed}: oracle Stage II - bicubic {gain:+.2f} dB", file=sys.stderr)
+    result = {
+        "settings": dict(
+            clips=clips,
+            frames=frames,
+            height=height,
+            width=width,
+            factor=factor,
+            seed=seed,
+            first_clip_seed=FIRST_HELD_OUT_SEED,
+            weights=str(weights),
+            stage2=dict(
+                noisy_blocks=pipeline_config.stage2.noisy_blocks,
+                neighbours=pipeline_config.stage2.neighbours,
+                steps=pipeline_config.stage2.steps,
+                solver=pipeline_config.stage2.solver,
+            ),
+            stage1=dict(steps=pipeline_config.stage1.steps, solver=pipeline_config.stage1.solver),
+        ),  # fmt: skip
+        "segment_frames": segments,
+        "summary": summarise(per_clip, segments),
+        "per_clip": per_clip,
+        "seconds": time.time() - start,
+        "backend": jax.default_backend(),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "demo_quality.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "demo_quality.md").write_text(markdown(result))
+    plot(result, out_dir / "psnr_per_frame.png")
+    truth, videos = first
+    picks = np.linspace(0, frames - 1, 5).round().astype(int)
+    iio.imwrite(out_dir / "frames.png", frame_grid(truth, videos, picks))
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=str(BUNDLED_WEIGHTS), help="demo model folder")
+    parser.add_argument("--out", default="benchmarks/results/demo_quality")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        result = run(args.weights, args.out, clips=args.clips, frames=args.frames, seed=args.seed)
+    except (ValueError, checkpoints.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Training a small Wan-architecture VAE from scratch on procedural videos (the demo VAE).
+
+    python train.py --config=configs/demo/vae.py --workdir runs/demo/vae
+
+Data: a pool of procedural clips (data/procedural.py, seeds `first_seed ..`) rendered once in
+memory at high and low resolution; each example is a random `clip_frames`-frame, `crop`-sized
+window of one of them (the low-res clips teach the VAE what Stage I frames look like). The
+convolutions make the model size-agnostic, so crops train it for full frames.
+
+Objective: L1 + MSE between the video and its reconstruction through the encoder mean (the
+deterministic path sampling uses), plus a small L2 pull on the latents so their scale stays
+put. The latents are normalised only after training: `export` measures the per-channel mean
+and std of the EMA model's latents on full clips and writes them into the VAE config, so
+`vae.encode` then yields the zero-mean, unit-variance latents the DiTs are trained on.
+
+Single device (the demo VAE is small); the loop, checkpoints (Orbax, with the grain iterator)
+and metrics are train.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from swifti2v_jax import checkpoints
+from swifti2v_jax.data import procedural
+from swifti2v_jax.models import vae
+from swifti2v_jax.training import checkpointing, metrics, optim
+from swifti2v_jax.training import state as state_lib
+
+MODEL_DIR = "model"  # WORKDIR/model: the exported VAE (checkpoints.save layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEDataConfig:
+    num_clips: int = 128
+    first_seed: int = 0
+    frames: int = 17
+    height: int = 128
+    width: int = 256
+    factor: int = 4  # low-res clips are box-downsampled by this factor
+    clip_frames: int = 5
+    crop_height: int = 32
+    crop_width: int = 64
+    lowres_fraction: float = 0.25
+    seed: int = 0
+    worker_count: int = 0
+
+    def validate(self, vae_config: vae.VAEConfig) -> None:
+        s, t = vae_config.spatial_factor, vae_config.temporal_factor
+        problems = []
+        if self.num_clips < 1:
+            problems.append(f"num_clips must be >= 1, got {self.num_clips}")
+        if self.clip_frames % t != 1 % t or self.clip_frames > self.frames:
+            problems.append(
+                f"clip_frames must be {t}k+1 and <= frames ({self.frames}), got {self.clip_frames}"
+            )
+        if self.height % (s * self.factor) or self.width % (s * self.factor):
+            problems.append(
+                f"{self.height}x{self.width} must be a multiple of {s * self.factor} (the VAE "
+                f"factor {s} times the low-res factor {self.factor})"
+            )
+        low = (self.height // self.factor, self.width // self.factor)
+        if self.crop_height % s or self.crop_width % s:
+            problems.append(f"the crop must be a multiple of {s}")
+        if self.crop_height > low[0] or self.crop_width > low[1]:
+            problems.append(f"the crop must fit the low-res frames {low[0]}x{low[1]}")
+        if not 0.0 <= self.lowres_fraction <= 1.0:
+            problems.append("lowres_fraction must be in [0, 1]")
+        if problems:
+            raise ValueError("VAE data config: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class VAELossConfig:
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    latent_weight: float = 1e-4
+
+
+def vae_config_from(config) -> vae.VAEConfig:
+    """The architecture from `config.vae`, with identity normalisation (set at export)."""
+    fields = dict(config.vae.to_dict())
+    z = int(fields["z_dim"])
+    fields.update(latents_mean=[0.0] * z, latents_std=[1.0] * z, dtype="float32")
+    return vae.VAEConfig.from_dict(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def render_pool(data: VAEDataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 clips: high-res [N, F, H, W, 3] and low-res [N, F, H/f, W/f, 3]."""
+    high, low = [], []
+    for index in range(data.num_clips):
+        hi, lo = procedural.render_pair(
+            data.first_seed + index, data.frames, data.height, data.width, data.factor
+        )
+        high.append(procedural.to_uint8(hi))
+        low.append(procedural.to_uint8(lo))
+    return np.stack(high), np.stack(low)
+
+
+class ClipPool:
+    """A grain random-access source over pool indices (the pixels stay in this object)."""
+
+    def __init__(self, high: np.ndarray, low: np.ndarray):
+        self.high, self.low = high, low
+
+    def __len__(self) -> int:
+        return len(self.high)
+
+    def __getitem__(self, index: int) -> int:
+        return int(index)
+
+    def __repr__(self) -> str:  # grain checks it when restoring an iterator
+        return f"ClipPool(high={self.high.shape}, low={self.low.shape})"
+
+
+class RandomCrop(grain.transforms.RandomMap):
+    """Pool index -> float32 [clip_frames, crop_h, crop_w, 3] in [-1, 1]."""
+
+    def __init__(self, pool: ClipPool, data: VAEDataConfig):
+        self.pool, self.data = pool, data
+
+    def random_map(self, index, rng: np.random.Generator) -> np.ndarray:
+        data = self.data
+        source = self.pool.low if rng.random() < data.lowres_fraction else self.pool.high
+        clip = source[index]
+        start = int(rng.integers(0, clip.shape[0] - data.clip_frames + 1))
+        y = int(rng.integers(0, clip.shape[1] - data.crop_height + 1))
+        x = int(rng.integers(0, clip.shape[2] - data.crop_width + 1))
+        window = clip[
+            start : start + data.clip_frames, y : y + data.crop_height, x : x + data.crop_width
+        ]
+        if rng.random() < 0.5:  # horizontal flips: pans and motions in both directions
+            window = window[:, :, ::-1]
+        return window.astype(np.float32) / 127.5 - 1.0
+
+
+def make_loader(pool: ClipPool, data: VAEDataConfig, batch_size: int) -> grain.DataLoader:
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(pool),
+        shard_options=grain.sharding.NoSharding(),
+        shuffle=True,
+        num_epochs=None,
+        seed=data.seed,
+    )
+    operations = [
+        RandomCrop(pool, data),
+        grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
+    ]
+    return grain.DataLoader(
+        data_source=pool, sampler=sampler, operations=operations, worker_count=data.worker_count
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective and step
+
+
+def reconstruction_loss(params, vae_config: vae.VAEConfig, video, loss: VAELossConfig):
+    """-> (scalar loss, metrics). `video` [B, F, H, W, 3] in [-1, 1]."""
+    latents = vae.encode_frames(params, vae_config, video)
+    recon = vae.decode_frames(params, vae_config, latents)
+    error = recon - video
+    l1 = jnp.mean(jnp.abs(error))
+    mse = jnp.mean(jnp.square(error))
+    latent_l2 = jnp.mean(jnp.square(latents))
+    total = loss.l1_weight * l1 + loss.mse_weight * mse + loss.latent_weight * latent_l2
+    psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # peak-to-peak 2 in [-1, 1]
+    return total, {"l1": l1, "mse": mse, "psnr": psnr, "latent_rms": jnp.sqrt(latent_l2)}
+
+
+def make_train_step(vae_config, loss: VAELossConfig, optimizer, grad_clip: float, ema: float):
+    def step(state: state_lib.TrainState, video):
+        grad_fn = jax.value_and_grad(reconstruction_loss, has_aux=True)
+        (total, values), grads = grad_fn(state.params, vae_config, video, loss)
+        grad_norm = optax.global_norm(grads)
+        if grad_clip > 0:
+            grads = jax.tree.map(
+                lambda g: g * jnp.minimum(1.0, grad_clip / (grad_norm + 1e-6)), grads
+            )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema > 0:
+            ema_params = jax.tree.map(lambda e, p: e + (1.0 - ema) * (p - e), ema_params, params)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+        )
+        return new_state, {"loss": total, "grad_norm": grad_norm, **values}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def latent_statistics(params, vae_config, clips: np.ndarray, batch: int = 4):
+    """Per-channel mean and std of the (unnormalised) latents of uint8 clips [N, F, H, W, 3]."""
+    encode = jax.jit(lambda p, v: vae.encode_frames(p, vae_config, v))
+    total = total_sq = count = 0.0
+    for start in range(0, len(clips), batch):
+        video = jnp.asarray(clips[start : start + batch], jnp.float32) / 127.5 - 1.0
+        z = np.asarray(encode(params, video), np.float64).reshape(-1, vae_config.z_dim)
+        total, total_sq, count = total + z.sum(0), total_sq + (z**2).sum(0), count + len(z)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return mean, std
+
+
+def export(params, vae_config: vae.VAEConfig, pool: ClipPool, out_dir: Path, **meta) -> Path:
+    """Writes the normalised VAE (fp32) as a model directory `vae.encode` / sample.py load."""
+    stats_clips = np.concatenate([pool.high[:16]], axis=0)
+    mean, std = latent_statistics(params, vae_config, stats_clips)
+    low_mean, low_std = latent_statistics(params, vae_config, pool.low[:16])
+    logging.info(
+        "latent statistics: |mean| %.3f, std %.3f (low-res clips: %.3f, %.3f)",
+        np.abs(mean).mean(), std.mean(), np.abs(low_mean).mean(), low_std.mean(),
+    )  # fmt: skip
+    fields = dataclasses.asdict(vae_config)
+    fields.update(latents_mean=[float(m) for m in mean], latents_std=[float(s) for s in std])
+    return checkpoints.save(out_dir, "vae", fields, params, **meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config, workdir: Path) -> int:
+    vae_config = vae_config_from(config)
+    data = VAEDataConfig(**config.data.to_dict())
+    data.validate(vae_config)
+    loss = VAELossConfig(**config.loss.to_dict())
+    opt_config = optim.OptimizerConfig.from_config(config.optimizer)
+    if config.num_steps < 1 or config.log_every < 1 or config.checkpoint.every < 1:
+        raise ValueError("num_steps, log_every and checkpoint.every must be >= 1")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+
+    start = time.time()
+    pool = ClipPool(*render_pool(data))
+    logging.info("rendered %d procedural clips in %.1f s", len(pool), time.time() - start)
+    loader = make_loader(pool, data, config.batch_size)
+    iterator = iter(loader)
+
+    optimizer = optim.make_optimizer(opt_config, config.num_steps)
+    schedule = optim.learning_rate_schedule(opt_config, config.num_steps)
+    use_ema = opt_config.ema_decay > 0
+    params = vae.init_params(vae_config, jax.random.PRNGKey(config.seed))
+    create = lambda p: state_lib.create_state(p, optimizer, config.seed, use_ema)
+    checkpointer = checkpointing.Checkpointer(
+        workdir / "checkpoints", keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
+    )
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        logging.info("resuming from the checkpoint at step %d", latest)
+        abstract = checkpointing.abstract_like(jax.eval_shape(create, params))
+        state = checkpointer.restore(latest, abstract, iterator)
+    else:
+        state = create(params)
+    step = int(state.step)
+    train_step = make_train_step(
+        vae_config, loss, optimizer, opt_config.grad_clip, opt_config.ema_decay
+    )
+    writer = metrics.MetricsWriter(workdir)
+    watcher = checkpointing.PreemptionWatcher(checkpointer, multi_host=False)
+    last_time, last_step = time.time(), step
+    stopped = False
+    while step < config.num_steps:
+        state, values = train_step(state, jnp.asarray(next(iterator)))
+        step += 1
+        if step % config.log_every == 0 or step == config.num_steps:
+            values = {k: float(v) for k, v in jax.device_get(values).items()}
+            elapsed = max(time.time() - last_time, 1e-9)
+            values["learning_rate"] = float(schedule(step - 1))
+            values["samples_per_sec"] = (step - last_step) * config.batch_size / elapsed
+            writer.write(step, values)
+            last_time, last_step = time.time(), step
+        if step % config.checkpoint.every == 0 or step == config.num_steps:
+            checkpointer.save(step, state, iterator)
+        if watcher.should_stop(step):
+            checkpointer.save(step, state, iterator)
+            logging.warning("preempted: saved the checkpoint at step %d, stopping", step)
+            stopped = True
+            break
+    checkpointer.close()
+    watcher.close()
+    writer.close()
+    if not stopped and (workdir / MODEL_DIR).exists():
+        logging.info("%s exists: not exporting again", workdir / MODEL_DIR)
+    elif not stopped:
+        final = state.ema_params if use_ema else state.params
+        out = export(
+            jax.device_get(final), vae_config, pool, workdir / MODEL_DIR,
+            trained_steps=step, source="train.py --config=configs/demo/vae.py",
+        )  # fmt: skip
+        logging.info("done at step %d: exported the VAE to %s", step, out)
+    return step

@@ -1,0 +1,191 @@
+"""The demo's training path: VAE training, train.py's model export, the demo dataset builder,
+the reproduce export, and the pieces they rest on (frame-tap convolutions, traced VAE)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from configs import stage2 as stage2_configs
+from configs import vae as vae_configs
+from configs.demo import vae as demo_vae_config
+from swifti2v_jax import checkpoints
+from swifti2v_jax.data import loader, procedural, records
+from swifti2v_jax.demo import build as demo_build
+from swifti2v_jax.demo import dataset as demo_dataset
+from swifti2v_jax.demo import reproduce
+from swifti2v_jax.models import vae
+from swifti2v_jax.models.dit import DiTConfig
+from swifti2v_jax.models.vae_blocks import CONV3D, conv3d_as_frame_taps
+from swifti2v_jax.sampling import reference
+
+
+@pytest.mark.parametrize("strides, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 2), "VALID")])
+def test_frame_taps_equal_a_3d_convolution_and_its_gradient(strides, padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 9, 10, 5))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5, 7)) * 0.2
+    b = jax.random.normal(jax.random.PRNGKey(2), (7,))
+    pad3d = padding if padding == "VALID" else ((0, 0), *padding)
+
+    def direct(x, k):
+        y = lax.conv_general_dilated(x, k, (1, *strides), pad3d, dimension_numbers=CONV3D)
+        return y + b
+
+    def taps(x, k):
+        return conv3d_as_frame_taps(x, k, b, strides, padding)
+
+    np.testing.assert_allclose(taps(x, k), direct(x, k), atol=2e-5)
+    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+    for g_taps, g_direct in zip(
+        jax.grad(loss(taps), (0, 1))(x, k), jax.grad(loss(direct), (0, 1))(x, k)
+    ):
+        np.testing.assert_allclose(g_taps, g_direct, atol=5e-5)
+
+
+def test_traced_encode_decode_equal_the_chunked_programs():
+    config = vae.as_config(vae_configs.get_config("tiny_wan22"))
+    params = vae.init_params(config, jax.random.PRNGKey(0))
+    video = jax.random.uniform(jax.random.PRNGKey(1), (1, 9, 32, 32, 3), minval=-1, maxval=1)
+    latents = vae.encode(params, config, video)
+    np.testing.assert_allclose(vae.encode_frames(params, config, video), latents, atol=1e-5)
+    np.testing.assert_allclose(
+        vae.decode_frames(params, config, latents), vae.decode(params, config, latents), atol=1e-5
+    )
+
+
+def _tiny_vae_config():
+    config = demo_vae_config.get_config()
+    config.vae.update(base_dim=8, dec_dim=8, z_dim=8)
+    config.data.update(num_clips=2, frames=5, height=64, width=128, crop_height=16, crop_width=32)
+    config.batch_size = 2
+    config.num_steps = 4
+    config.log_every = 2
+    config.checkpoint.every = 2
+    config.optimizer.warmup_steps = 1
+    return config
+
+
+def test_vae_training_runs_resumes_and_exports_normalised_latents(tmp_path):
+    from swifti2v_jax.training import vae_training
+
+    config = _tiny_vae_config()
+    config.num_steps = 2
+    assert vae_training.train(config, tmp_path) == 2
+    assert (tmp_path / "model").is_dir()  # a finished run exports
+    shutil.rmtree(tmp_path / "model")
+    config.num_steps = 4  # resumes from the step-2 checkpoint and finishes
+    assert vae_training.train(config, tmp_path) == 4
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert all(np.isfinite(entry["loss"]) for entry in logged)
+
+    fields, params = checkpoints.load(tmp_path / "model", kind="vae")
+    exported = vae.as_config(fields)
+    assert exported.z_dim == 8 and exported.spatial_factor == 8
+    # The export normalises with statistics of its own clips: on those, per-channel mean 0
+    # and std 1 (up to the fp32 encode).
+    data = vae_training.VAEDataConfig(**config.data.to_dict())
+    high, _ = vae_training.render_pool(data)
+    z = np.asarray(vae.encode(params, exported, high.astype(np.float32) / 127.5 - 1.0))
+    z = z.reshape(-1, exported.z_dim)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
+
+
+def test_vae_data_config_errors():
+    from swifti2v_jax.training import vae_training
+
+    config = _tiny_vae_config()
+    architecture = vae_training.vae_config_from(config)
+    bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "clip_frames": 4})
+    with pytest.raises(ValueError, match="4k\\+1"):
+        bad.validate(architecture)
+    bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "height": 72})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        bad.validate(architecture)
+    bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "crop_width": 64})
+    with pytest.raises(ValueError, match="fit the low-res"):
+        bad.validate(architecture)
+
+
+def test_train_py_exports_the_ema_model(tmp_path):
+    from train import train
+
+    config = stage2_configs.get_config("tiny")
+    config.num_steps = 3
+    config.checkpoint.every = 3
+    config.log_every = 3
+    assert train(config, tmp_path) == 3
+    fields, params = checkpoints.load(tmp_path / "model", kind="dit")
+    assert DiTConfig.from_dict(fields).in_dim == 96
+    meta = checkpoints.read_metadata(tmp_path / "model")
+    assert meta["trained_steps"] == 3
+    # The export is the EMA of the final state (the tiny preset keeps an EMA).
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(tmp_path / "checkpoints", item_names=("state", "data"))
+    restored = manager.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    ema = restored["state"]["ema_params"]
+    for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_demo_dataset_records_follow_the_sampling_reference(tmp_path):
+    demo_build.build(tmp_path / "random", stage1="ti2v")
+    out = tmp_path / "data"
+    reports = demo_dataset.build(
+        tmp_path / "random" / "vae", tmp_path / "random", out, num_clips=2, first_seed=7,
+        frames=5, height=64, width=128, factor=4, dtype="float32", progress=False,
+    )  # fmt: skip
+    assert reports["stage2"].written == 2 and reports["stage1"].written == 2
+    vae_config, vae_params = checkpoints.load(tmp_path / "random" / "vae", kind="vae")
+    vae_config = vae.as_config(vae_config)
+    source = loader.array_record_source(out / "stage2")
+    record = records.as_record(source[1])
+    high, low = procedural.render_pair(8, 5, 64, 128, 4)
+    np.testing.assert_allclose(
+        record["latents"], vae.encode(vae_params, vae_config, high[None])[0], atol=1e-5
+    )
+    decoded = vae.decode(vae_params, vae_config, vae.encode(vae_params, vae_config, low[None]))
+    z_ref = reference.encode_hybrid_reference(vae_params, vae_config, decoded, high[None, 0])
+    np.testing.assert_allclose(record["reference"], z_ref[0], atol=1e-5)
+    # a causal VAE: block 0 of z_ref is the input image's own latent
+    np.testing.assert_allclose(record["reference"][0], record["latents"][0], atol=1e-5)
+    assert record["caption"] == demo_dataset.caption(8)
+    low_record = records.as_record(loader.array_record_source(out / "stage1")[1])
+    np.testing.assert_allclose(
+        low_record["latents"], vae.encode(vae_params, vae_config, low[None])[0], atol=1e-5
+    )
+    info = json.loads((out / "stage1" / "dataset.json").read_text())
+    assert info["num_records"] == 2 and info["procedural"]["height"] == 16
+    with pytest.raises(ValueError, match="not empty"):
+        demo_dataset.build(
+            tmp_path / "random" / "vae", tmp_path / "random", out, num_clips=1, frames=5,
+            height=64, width=128, progress=False,
+        )  # fmt: skip
+
+
+def test_captions_name_the_pan_direction():
+    for seed in range(6):
+        pan = procedural.random_scene(seed).pan[0]
+        assert demo_dataset.caption(seed).endswith("right" if pan > 0 else "left")
+
+
+def test_reproduce_export_is_all_or_nothing(tmp_path):
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match="missing"):
+        reproduce.export(work, tmp_path / "weights", {})
+    for sub, _ in reproduce.COMPONENTS.values():
+        (work / sub).mkdir(parents=True)
+        (work / sub / "config.json").write_text(sub)
+    out = reproduce.export(work, tmp_path / "weights", {"vae": {"seconds": 1.0}})
+    assert sorted(p.name for p in out.iterdir()) == sorted([*reproduce.COMPONENTS, "DEMO.json"])
+    assert (out / "stage2" / "config.json").read_text() == "stage2/model"
+    assert json.loads((out / "DEMO.json").read_text())["steps"]["vae"]["seconds"] == 1.0
