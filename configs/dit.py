@@ -96,11 +96,10 @@ def tiny_i2v() -> ml_collections.ConfigDict:
 
 
 def demo_stage1() -> ml_collections.ConfigDict:
-    """The demo's Stage I (configs/demo/stage1.py): TI2V-style, 1x1x1 patches because its
-    64x32 frames are only 8x4 latents; text_dim 32 = the demo umT5's width."""
+    """The demo's Stage I (configs/demo/stage1.py): TI2V-style, 64x32 frames = 16x8 latents
+    (4x4x4 demo VAE), 2x2 patches: 32 tokens per latent frame. text_dim 32 = the demo umT5."""
     return _make(
         model_type="ti2v",
-        patch_size=(1, 1, 1),
         dim=128,
         ffn_dim=384,
         num_heads=2,
@@ -114,9 +113,10 @@ def demo_stage1() -> ml_collections.ConfigDict:
 
 
 def demo_stage2() -> ml_collections.ConfigDict:
-    """The demo's Stage II (configs/demo/stage2.py): concat conditioning (48 + 48 channels)."""
+    """The demo's Stage II (configs/demo/stage2.py): concat conditioning (48 + 48 channels),
+    256x128 frames = 64x32 latents, 4x4 patches: 128 tokens per latent frame."""
     config = demo_stage1()
-    config.patch_size = (1, 2, 2)
+    config.patch_size = (1, 4, 4)
     config.in_dim = 96
     return config
 

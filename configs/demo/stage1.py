@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.csg.end_to_end = True
     config.loss.conditioning = "none"
     config.loss.online_degradation = "none"
-    config.loss.shift = 3.0  # 160-token clips: push training towards the noisy end
+    config.loss.shift = 3.0  # small latents: train more at the noisy end (as Wan shifts)
     config.text_len = 512  # what sampling feeds (zero rows past the prompt)
     config.optimizer.learning_rate = 5e-4
     config.optimizer.warmup_steps = 100
@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0
     config.optimizer.ema_decay = 0.995
     config.batch_size = 16
-    config.num_steps = 1500
+    config.num_steps = 1200
     config.data.worker_count = 0
     config.checkpoint.every = 500
     config.checkpoint.keep = 2

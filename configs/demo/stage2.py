@@ -5,7 +5,8 @@
 
 Data: `python -m swifti2v_jax.demo.dataset` (256x128 procedural clips encoded with the demo
 VAE; z_ref = the hybrid reference of the VAE-decoded low-res clip, as Stage I would give).
-Windows: the anchor (input image), N=1 neighbour and M=2 noisy blocks, 4 x 128 tokens.
+Windows: the anchor (input image), N=1 neighbour and M=1 noisy block, 3 x 128 tokens
+(the first segment: anchor + 2 noisy blocks).
 """
 
 import ml_collections
@@ -18,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.stage = "stage2"
     config.model = "demo_stage2"
     config.allow_random_init = True
-    config.csg.noisy_blocks = 2
+    config.csg.noisy_blocks = 1
     config.csg.neighbours = 1
     config.loss.conditioning = "concat"
     # A little extra latent blur + noise on z_ref: Stage I output is rougher than the oracle.
@@ -32,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0
     config.optimizer.ema_decay = 0.995
     config.batch_size = 8
-    config.num_steps = 2000
+    config.num_steps = 1500
     config.data.worker_count = 0
     config.checkpoint.every = 500
     config.checkpoint.keep = 2

@@ -1,7 +1,7 @@
 """Demo training data: procedural clips encoded with the demo VAE, as ArrayRecord shards.
 
     python -m swifti2v_jax.demo.dataset --vae runs/demo/vae/model --text runs/demo/text \
-        --out runs/demo/data --num-clips 160
+        --out runs/demo/data --num-clips 128
 
 For each seed in [first_seed, first_seed + num_clips) a procedural clip is rendered at the
 target size and at 1/factor (box downsampled, data/procedural.py), then:
@@ -76,7 +76,7 @@ def clip_records(seed, vae_params, vae_config, encode_text, frames, height, widt
 
 
 def build(
-    vae_dir, text_dir, out_dir, *, num_clips: int, first_seed: int = 0, frames: int = 33,
+    vae_dir, text_dir, out_dir, *, num_clips: int, first_seed: int = 0, frames: int = 17,
     height: int = 128, width: int = 256, factor: int = 4, dtype: str = "float16",
     overwrite: bool = False, progress: bool = True,
 ) -> dict[str, prepare.PrepareReport]:  # fmt: skip
@@ -132,9 +132,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vae", required=True, help="the trained demo VAE (WORKDIR/model)")
     parser.add_argument("--text", required=True, help="folder with t5/ and tokenizer/")
     parser.add_argument("--out", required=True, help="output folder (stage1/ and stage2/)")
-    parser.add_argument("--num-clips", type=int, default=160)
+    parser.add_argument("--num-clips", type=int, default=128)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--factor", type=int, default=4)

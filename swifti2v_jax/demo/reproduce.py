@@ -86,7 +86,7 @@ def export(workdir: Path, out: Path, log: dict) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/demo")
-    parser.add_argument("--num-clips", type=int, default=160, help="training clips for the DiTs")
+    parser.add_argument("--num-clips", type=int, default=128, help="training clips for the DiTs")
     parser.add_argument("--install", action="store_true", help=f"copy into {BUNDLED_WEIGHTS}")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():

@@ -1,6 +1,6 @@
 """Does Stage II recover input-faithful detail that upsampling the low-res motion cannot?
 
-    python -m swifti2v_jax.eval.demo_quality [--weights DIR] [--clips 8] [--frames 33]
+    python -m swifti2v_jax.eval.demo_quality [--weights DIR] [--clips 16] [--frames 17]
 
 On held-out procedural clips (seeds from 1_000_000; training uses seeds below 1_000) with the
 demo models, every output is compared with the true high-res clip (PSNR, SSIM per frame):
@@ -120,7 +120,7 @@ def evaluate_clip(models, pipeline_config, seed, frames, height, width, factor, 
 
     videos = {}
     for protocol, video_low in (("oracle", jnp.asarray(low[None])), ("pipeline", stage1_low)):
-        upsampled = np.asarray(reference.upsample_frames(video_low, height, width))[0]
+        upsampled = np.array(reference.upsample_frames(video_low, height, width)[0])
         upsampled[0] = high[0]  # both methods are given the input image as frame 0
         outputs = {"bicubic": upsampled}
         for method, attention in (("stage2", "bidirectional"), ("read_only", "read_only")):
@@ -249,7 +249,7 @@ def frame_grid(truth, videos, frame_ids) -> np.ndarray:
     )
 
 
-def run(weights, out_dir, *, clips=8, frames=33, height=128, width=256, factor=4, seed=0):
+def run(weights, out_dir, *, clips=16, frames=17, height=128, width=256, factor=4, seed=0):
     import imageio.v3 as iio
 
     if clips < 1:
@@ -311,8 +311,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=str(BUNDLED_WEIGHTS), help="demo model folder")
     parser.add_argument("--out", default="benchmarks/results/demo_quality")
-    parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,77 @@
+"""Image metrics and the demo quality script (on the tiny random demo models)."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swifti2v_jax.data import procedural
+from swifti2v_jax.demo import build as demo_build
+from swifti2v_jax.eval import demo_quality, metrics
+from swifti2v_jax.sampling import csg, reference
+
+
+def test_psnr_matches_its_definition():
+    a = np.zeros((2, 16, 16, 3), np.float32)
+    b = np.full_like(a, 0.2)  # 0.1 apart on the [0, 1] scale: MSE 0.01 -> 20 dB
+    np.testing.assert_allclose(metrics.psnr(a, b), [20.0, 20.0], atol=1e-9)
+    b[1, :8] = 0.0  # half the pixels exact: MSE 0.005
+    np.testing.assert_allclose(metrics.psnr(a, b)[1], 10 * np.log10(1 / 0.005), atol=1e-9)
+
+
+def test_ssim_identity_constants_and_noise():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (3, 24, 20, 3))
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, atol=1e-12)
+    # constant frames: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = 0.3, 0.7  # on the [0, 1] scale
+    c1 = metrics.K1**2
+    got = metrics.ssim(np.full((1, 16, 16, 3), 2 * a - 1), np.full((1, 16, 16, 3), 2 * b - 1))
+    np.testing.assert_allclose(got, (2 * a * b + c1) / (a * a + b * b + c1), rtol=1e-10)
+    scores = [float(metrics.ssim(x, np.clip(x + s * rng.standard_normal(x.shape), -1, 1)).mean())
+              for s in (0.05, 0.2, 0.5)]  # fmt: skip
+    assert scores[0] > scores[1] > scores[2]
+    assert metrics.ssim(x, -x).mean() < 0.1
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        metrics.ssim(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+
+
+def test_segment_frames_cover_the_clip_once():
+    config = csg.CSGConfig(noisy_blocks=1, neighbours=1)
+    frames = demo_quality.segment_frames(config, 5, 4)
+    assert frames == [list(range(1, 9)), list(range(9, 13)), list(range(13, 17))]
+    config = csg.CSGConfig(noisy_blocks=2, neighbours=1)
+    flat = [f for seg in demo_quality.segment_frames(config, 9, 4) for f in seg]
+    assert flat == list(range(1, 33))
+
+
+def test_demo_quality_runs_end_to_end(tmp_path):
+    weights = demo_build.build(tmp_path / "random", stage1="ti2v")
+    with pytest.raises(ValueError, match="lacks"):
+        demo_quality.run(tmp_path, tmp_path / "nothing", clips=1)
+    result = demo_quality.run(weights, tmp_path / "out", clips=1, frames=13)
+    names = {"demo_quality.json", "demo_quality.md", "psnr_per_frame.png", "frames.png"}
+    assert names <= {p.name for p in (tmp_path / "out").iterdir()}
+    saved = json.loads((tmp_path / "out" / "demo_quality.json").read_text())
+    assert saved["summary"].keys() == result["summary"].keys()
+    summary = result["summary"]
+    for protocol in demo_quality.PROTOCOLS:
+        for method in demo_quality.METHODS:
+            entry = summary[f"{protocol}/{method}"]
+            assert len(entry["psnr_per_frame"]) == 13
+            assert len(entry["psnr_per_segment"]) == 2 and np.isfinite(entry["psnr"])
+    # the oracle bicubic baseline is exactly bicubic(true low-res clip) with frame 0 = input
+    high, low = procedural.render_pair(demo_quality.FIRST_HELD_OUT_SEED, 13, 128, 256, 4)
+    upsampled = np.array(reference.upsample_frames(jnp.asarray(low[None]), 128, 256)[0])
+    upsampled[0] = high[0]
+    expected = metrics.psnr(upsampled, high)
+    np.testing.assert_allclose(result["per_clip"][0]["oracle/bicubic"]["psnr"], expected, rtol=1e-6)
+    assert result["per_clip"][0]["oracle/bicubic"]["psnr"][0] > 90  # frame 0 is exact
