@@ -97,7 +97,7 @@ def tiny_i2v() -> ml_collections.ConfigDict:
 
 def demo_stage1() -> ml_collections.ConfigDict:
     """The demo's Stage I (configs/demo/stage1.py): TI2V-style, 64x32 frames = 16x8 latents
-    (4x4x4 demo VAE), 2x2 patches: 32 tokens per latent frame. text_dim 32 = the demo umT5."""
+    (1x4x4 demo VAE), 2x2 patches: 32 tokens per frame. text_dim 32 = the demo umT5."""
     return _make(
         model_type="ti2v",
         dim=128,

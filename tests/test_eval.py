@@ -75,3 +75,16 @@ def test_demo_quality_runs_end_to_end(tmp_path):
     expected = metrics.psnr(upsampled, high)
     np.testing.assert_allclose(result["per_clip"][0]["oracle/bicubic"]["psnr"], expected, rtol=1e-6)
     assert result["per_clip"][0]["oracle/bicubic"]["psnr"][0] > 90  # frame 0 is exact
+
+
+def test_frame_strip_layout_and_errors():
+    from swifti2v_jax.demo import strip
+
+    video = np.arange(3 * 4 * 5 * 3, dtype=np.uint8).reshape(3, 4, 5, 3)
+    image = np.zeros((4, 5, 3), np.uint8)
+    row = strip.frame_strip(video, image, [0, 2])
+    assert row.shape == (4, 3 * 5 + 2 * strip.GAP, 3)
+    np.testing.assert_array_equal(row[:, -5:], video[2])
+    assert (row[:, 5 : 5 + strip.GAP] == 255).all()
+    with pytest.raises(ValueError, match="outside"):
+        strip.frame_strip(video, None, [3])
