@@ -62,7 +62,9 @@ def test_traced_encode_decode_equal_the_chunked_programs():
 def _tiny_vae_config():
     config = demo_vae_config.get_config()
     config.vae.update(base_dim=8, dec_dim=8, z_dim=8)
-    config.data.update(num_clips=2, frames=5, height=64, width=128, crop_height=16, crop_width=32)
+    config.data.update(
+        num_clips=2, frames=5, height=64, width=128, clip_frames=3, crop_height=16, crop_width=32
+    )
     config.batch_size = 2
     config.num_steps = 4
     config.log_every = 2
@@ -87,7 +89,7 @@ def test_vae_training_runs_resumes_and_exports_normalised_latents(tmp_path):
 
     fields, params = checkpoints.load(tmp_path / "model", kind="vae")
     exported = vae.as_config(fields)
-    assert exported.z_dim == 8 and exported.spatial_factor == 8
+    assert exported.z_dim == 8 and exported.spatial_factor == 4
     # The export normalises with statistics of its own clips: on those, per-channel mean 0
     # and std 1 (up to the fp32 encode).
     data = vae_training.VAEDataConfig(**config.data.to_dict())
@@ -98,16 +100,42 @@ def test_vae_training_runs_resumes_and_exports_normalised_latents(tmp_path):
     np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
 
 
+def test_decoder_only_phase_keeps_the_encoder_and_its_latent_statistics(tmp_path):
+    from swifti2v_jax.training import vae_training
+
+    config = _tiny_vae_config()
+    config.num_steps = 2
+    vae_training.train(config, tmp_path / "first")
+    first_fields, first = checkpoints.load(tmp_path / "first" / "model", kind="vae")
+    config.train = "decoder"
+    config.init_checkpoint = ""
+    with pytest.raises(ValueError, match="init_checkpoint"):
+        vae_training.train(config, tmp_path / "second")
+    config.init_checkpoint = str(tmp_path / "first" / "model")
+    vae_training.train(config, tmp_path / "second")
+    fields, second = checkpoints.load(tmp_path / "second" / "model", kind="vae")
+    for part in ("encoder", "quant_conv"):
+        for a, b in zip(jax.tree.leaves(first[part]), jax.tree.leaves(second[part])):
+            np.testing.assert_array_equal(a, b)
+    moved = [
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(jax.tree.leaves(first["decoder"]), jax.tree.leaves(second["decoder"]))
+    ]
+    assert max(moved) > 0
+    np.testing.assert_allclose(fields["latents_mean"], first_fields["latents_mean"], rtol=1e-6)
+    np.testing.assert_allclose(fields["latents_std"], first_fields["latents_std"], rtol=1e-6)
+
+
 def test_vae_data_config_errors():
     from swifti2v_jax.training import vae_training
 
     config = _tiny_vae_config()
     architecture = vae_training.vae_config_from(config)
-    bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "clip_frames": 4})
-    with pytest.raises(ValueError, match="4k\\+1"):
+    bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "clip_frames": 7})
+    with pytest.raises(ValueError, match="<= frames"):
         bad.validate(architecture)
     bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "height": 72})
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiple of 16"):
         bad.validate(architecture)
     bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "crop_width": 64})
     with pytest.raises(ValueError, match="fit the low-res"):

@@ -37,6 +37,7 @@ from swifti2v_jax.training import checkpointing, metrics, optim
 from swifti2v_jax.training import state as state_lib
 
 MODEL_DIR = "model"  # WORKDIR/model: the exported VAE (checkpoints.save layout)
+TRAIN_PARTS = ("all", "decoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,16 +182,36 @@ def reconstruction_loss(params, vae_config: vae.VAEConfig, video, loss: VAELossC
     return total, {"l1": l1, "mse": mse, "psnr": psnr, "latent_rms": jnp.sqrt(latent_l2)}
 
 
-def make_train_step(vae_config, loss: VAELossConfig, optimizer, grad_clip: float, ema: float):
+def trainable_mask(params, train: str):
+    """1.0 where a parameter trains, 0.0 where it is frozen ('decoder': the encoder and
+    quant_conv are frozen, so the latents, and data sets encoded with them, stay valid)."""
+    if train not in TRAIN_PARTS:
+        raise ValueError(f"train must be one of {TRAIN_PARTS}, got {train!r}")
+    frozen = ("encoder", "quant_conv") if train == "decoder" else ()
+
+    def part(name, subtree):
+        value = 0.0 if name in frozen else 1.0
+        return jax.tree.map(lambda _: value, subtree)
+
+    return {name: part(name, subtree) for name, subtree in params.items()}
+
+
+def make_train_step(
+    vae_config, loss: VAELossConfig, optimizer, grad_clip: float, ema: float, mask=None
+):
     def step(state: state_lib.TrainState, video):
         grad_fn = jax.value_and_grad(reconstruction_loss, has_aux=True)
         (total, values), grads = grad_fn(state.params, vae_config, video, loss)
+        if mask is not None:  # frozen parameters: no gradient (clipping) and no update
+            grads = jax.tree.map(lambda g, m: g * m, grads, mask)
         grad_norm = optax.global_norm(grads)
         if grad_clip > 0:
             grads = jax.tree.map(
                 lambda g: g * jnp.minimum(1.0, grad_clip / (grad_norm + 1e-6)), grads
             )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if mask is not None:  # (weight decay would otherwise still move them)
+            updates = jax.tree.map(lambda u, m: u * m, updates, mask)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
         if ema > 0:
@@ -238,6 +259,23 @@ def export(params, vae_config: vae.VAEConfig, pool: ClipPool, out_dir: Path, **m
 # The loop
 
 
+def initial_params(config, vae_config: vae.VAEConfig):
+    """Random, or `init_checkpoint` (a VAE model directory of the same architecture)."""
+    path = config.get("init_checkpoint")
+    if not path and config.get("train", "all") == "decoder":
+        raise ValueError("train='decoder' fine-tunes a trained VAE: set config.init_checkpoint")
+    if not path:
+        return vae.init_params(vae_config, jax.random.PRNGKey(config.seed))
+    fields, params = checkpoints.load(path, kind="vae")
+    loaded = vae.as_config(fields)
+    same = dataclasses.replace(
+        loaded, latents_mean=vae_config.latents_mean, latents_std=vae_config.latents_std
+    )
+    if same != vae_config:
+        raise ValueError(f"{path} is a different VAE architecture than config.vae")
+    return params
+
+
 def train(config, workdir: Path) -> int:
     vae_config = vae_config_from(config)
     data = VAEDataConfig(**config.data.to_dict())
@@ -258,7 +296,8 @@ def train(config, workdir: Path) -> int:
     optimizer = optim.make_optimizer(opt_config, config.num_steps)
     schedule = optim.learning_rate_schedule(opt_config, config.num_steps)
     use_ema = opt_config.ema_decay > 0
-    params = vae.init_params(vae_config, jax.random.PRNGKey(config.seed))
+    params = initial_params(config, vae_config)
+    mask = trainable_mask(params, config.get("train", "all"))
     create = lambda p: state_lib.create_state(p, optimizer, config.seed, use_ema)
     checkpointer = checkpointing.Checkpointer(
         workdir / "checkpoints", keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
@@ -272,7 +311,7 @@ def train(config, workdir: Path) -> int:
         state = create(params)
     step = int(state.step)
     train_step = make_train_step(
-        vae_config, loss, optimizer, opt_config.grad_clip, opt_config.ema_decay
+        vae_config, loss, optimizer, opt_config.grad_clip, opt_config.ema_decay, mask
     )
     writer = metrics.MetricsWriter(workdir)
     watcher = checkpointing.PreemptionWatcher(checkpointer, multi_host=False)
