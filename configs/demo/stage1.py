@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0
     config.optimizer.ema_decay = 0.995
     config.batch_size = 8
-    config.num_steps = 1000
+    config.num_steps = 600
     config.data.worker_count = 0
     config.checkpoint.every = 500
     config.checkpoint.keep = 2

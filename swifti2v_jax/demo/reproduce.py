@@ -8,16 +8,16 @@ Run from the repository root (it calls train.py). Steps, each skipped when its o
   1. text     python -m swifti2v_jax.demo.build WORKDIR/random  (the tiny random umT5 and
               tokenizer; the demo models are trained on its embeddings)
   2. vae      python train.py --config=configs/demo/vae.py --workdir WORKDIR/vae
-  3. vae_decoder  python train.py --config=configs/demo/vae_decoder.py ... (encoder frozen)
-  4. data     python -m swifti2v_jax.demo.dataset --vae WORKDIR/vae/model ...
-  5. stage1   python train.py --config=configs/demo/stage1.py --workdir WORKDIR/stage1 ...
-  6. stage2   python train.py --config=configs/demo/stage2.py --workdir WORKDIR/stage2 ...
-  7. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
+  3. data     python -m swifti2v_jax.demo.dataset --vae WORKDIR/vae/model ...
+  4. stage1   python train.py --config=configs/demo/stage1.py --workdir WORKDIR/stage1 ...
+  5. stage2   python train.py --config=configs/demo/stage2.py --workdir WORKDIR/stage2 ...
+  6. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
               also copied to swifti2v_jax/demo/weights, where sample.py looks first.
 
-WORKDIR/reproduce.json records the commands and how long each step took. Steps 3-6 only
-need step 2's encoder, so by hand they can run side by side (that is how the shipped weights
-were made, on 2 CPU cores).
+WORKDIR/reproduce.json records the commands and how long each step took. Steps 4 and 5
+only need step 3's data, so by hand they can run side by side (that is how the shipped
+weights were made, on 2 CPU cores). configs/demo/vae_decoder.py (a decoder-only phase that
+keeps every latent) is an optional extra step, not part of the shipped weights.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from swifti2v_jax.demo import BUNDLED_WEIGHTS
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
     "dit": ("stage1/model", "Stage I (TI2V-style, 64x32)"),
     "stage2": ("stage2/model", "Stage II (concat, 256x128 CSG windows)"),
-    "vae": ("vae_decoder/model", "Wan2.2-style VAE, 1x4x4 (decoder fine-tuned)"),
+    "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4"),
     "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
     "tokenizer": ("random/tokenizer", "demo tokenizer"),
 }
@@ -50,10 +50,6 @@ def steps(workdir: Path, num_clips: int) -> list[tuple[str, Path, list[str]]]:
          [py, "-m", "swifti2v_jax.demo.build", str(workdir / "random")]),
         ("vae", workdir / "vae" / "model",
          [py, "train.py", "--config=configs/demo/vae.py", f"--workdir={workdir / 'vae'}"]),
-        ("vae_decoder", workdir / "vae_decoder" / "model",
-         [py, "train.py", "--config=configs/demo/vae_decoder.py",
-          f"--workdir={workdir / 'vae_decoder'}",
-          f"--config.init_checkpoint={workdir / 'vae' / 'model'}"]),
         ("data", data / "stage2" / "dataset.json",
          [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
           "--text", str(workdir / "random"), "--out", str(data), "--num-clips", str(num_clips),
