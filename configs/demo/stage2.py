@@ -7,6 +7,11 @@ Data: `python -m swifti2v_jax.demo.dataset` (256x128 procedural clips encoded wi
 VAE; z_ref = the hybrid reference of the VAE-decoded low-res clip, as Stage I would give).
 Windows: the anchor (input image), N=1 neighbour and M=1 noisy block, 3 x 128 tokens
 (the first segment: anchor + 2 noisy blocks).
+
+Known problem (first run, README "Demo models"): with the 1x4x4, z=48 demo VAE a 4x4 patch
+token carries 768 latent values (1536 with z_ref) through width 128, so this model cannot
+represent z_ref; after 700 steps its clean estimate at noise 0.5 was worse than z_ref itself.
+Fewer latent values per token (smaller z) or a wider model is needed.
 """
 
 import ml_collections
