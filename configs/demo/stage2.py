@@ -16,14 +16,12 @@ Fewer latent values per token (smaller z) or a wider model is needed.
 
 import ml_collections
 
-from configs import stage2
+from configs.demo import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = stage2.get_config("ti2v_5b")
+    config = common.dit_training("demo_stage2", num_steps=700)
     config.stage = "stage2"
-    config.model = "demo_stage2"
-    config.allow_random_init = True
     config.csg.noisy_blocks = 1
     config.csg.neighbours = 1
     config.loss.conditioning = "concat"
@@ -31,18 +29,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.online_degradation = "latent_blur_noise"
     config.loss.degradation_factor = 2
     config.loss.degradation_noise = 0.05
-    config.text_len = 512
-    config.optimizer.learning_rate = 5e-4
-    config.optimizer.warmup_steps = 100
-    config.optimizer.end_learning_rate_ratio = 0.05
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.ema_decay = 0.995
-    config.batch_size = 8
-    config.num_steps = 700
-    config.data.worker_count = 0
-    config.checkpoint.every = 500
-    config.checkpoint.keep = 2
-    config.checkpoint.use_async = False
-    config.log_every = 25
-    config.mesh.fsdp = False
     return config

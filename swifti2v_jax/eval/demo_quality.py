@@ -27,6 +27,7 @@ OUT/frames.png (truth / bicubic / Stage II for one clip).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,7 +39,7 @@ import numpy as np
 
 from configs import sample as sample_configs
 from swifti2v_jax import checkpoints
-from swifti2v_jax.data import procedural
+from swifti2v_jax.data import procedural, records
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 from swifti2v_jax.demo.dataset import TextEncoder, caption
 from swifti2v_jax.eval import metrics
@@ -72,8 +73,6 @@ class DemoModels:
 
 
 def encode_context(models: DemoModels, prompt: str) -> jax.Array:
-    from swifti2v_jax.data import records
-
     return jnp.asarray(records.pad_context(models.text(prompt), models.text.text_len))[None]
 
 
@@ -139,8 +138,6 @@ def evaluate_clip(models, pipeline_config, seed, frames, height, width, factor, 
 
 
 def _replace(config: csg.CSGConfig, **changes) -> csg.CSGConfig:
-    import dataclasses
-
     return dataclasses.replace(config, **changes)
 
 

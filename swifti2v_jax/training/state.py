@@ -51,6 +51,28 @@ def create_state(params, optimizer: optax.GradientTransformation, seed: int, use
     )
 
 
+def apply_gradients(
+    state: TrainState, grads, grad_norm, optimizer, grad_clip: float, ema_decay: float,
+    update_mask=None,
+) -> TrainState:  # fmt: skip
+    """One optimizer step: clip `grads` to global norm `grad_clip` (`grad_norm` is theirs,
+    computed by the caller, who knows how they are sharded), update, EMA, step + 1.
+
+    update_mask (1.0 trains, 0.0 freezes, per leaf) zeroes the updates of frozen leaves, so
+    weight decay does not move them either."""
+    if grad_clip > 0:
+        scale = jnp.minimum(1.0, grad_clip / (grad_norm + 1e-6))
+        grads = jax.tree.map(lambda g: g * scale, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    if update_mask is not None:
+        updates = jax.tree.map(lambda u, m: u * m, updates, update_mask)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema_decay > 0:
+        ema = jax.tree.map(lambda e, p: e + (1.0 - ema_decay) * (p - e), ema, params)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+
+
 def widen_patch_embedding(params, in_dim: int):
     """Extends the patch embedding to `in_dim` input channels; new weights are zero.
 

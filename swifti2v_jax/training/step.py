@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from swifti2v_jax.models import dit
 from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import sharding
+from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training.state import TrainState
 
 
@@ -74,16 +75,8 @@ def make_train_step(
 
         local_loss, grads = jax.value_and_grad(loss_fn)(state.params)
         grad_norm = jnp.sqrt(sharding.global_sum_of_squares(grads, param_specs))
-        if grad_clip > 0:
-            scale = jnp.minimum(1.0, grad_clip / (grad_norm + 1e-6))
-            grads = jax.tree.map(lambda g: g * scale, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
-        if ema_decay > 0:
-            ema = jax.tree.map(lambda e, p: e + (1.0 - ema_decay) * (p - e), ema, params)
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+        new_state = state_lib.apply_gradients(
+            state, grads, grad_norm, optimizer, grad_clip, ema_decay
         )
         metrics = {"loss": jax.lax.psum(local_loss, sharding.DATA), "grad_norm": grad_norm}
         return new_state, metrics

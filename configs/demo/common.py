@@ -1,0 +1,27 @@
+"""What the demo's two DiT trainings share: a configs/stage2.py base with small-run settings."""
+
+import ml_collections
+
+from configs import stage2
+
+
+def dit_training(model: str, num_steps: int) -> ml_collections.ConfigDict:
+    """From-scratch training of a demo DiT preset on one host (no FSDP), fp32 weights."""
+    config = stage2.get_config("ti2v_5b")
+    config.model = model
+    config.allow_random_init = True
+    config.text_len = 512  # what sampling feeds (zero rows past the prompt)
+    config.optimizer.learning_rate = 5e-4
+    config.optimizer.warmup_steps = 100
+    config.optimizer.end_learning_rate_ratio = 0.05
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.ema_decay = 0.995
+    config.batch_size = 8
+    config.num_steps = num_steps
+    config.data.worker_count = 0
+    config.checkpoint.every = 500
+    config.checkpoint.keep = 2
+    config.checkpoint.use_async = False
+    config.log_every = 25
+    config.mesh.fsdp = False
+    return config
