@@ -96,16 +96,17 @@ def tiny_i2v() -> ml_collections.ConfigDict:
 
 
 def demo_stage1() -> ml_collections.ConfigDict:
-    """The demo's Stage I (configs/demo/stage1.py): TI2V-style, 64x32 frames = 16x8 latents
-    (1x4x4 demo VAE), 2x2 patches: 32 tokens per frame. text_dim 32 = the demo umT5."""
+    """The demo's Stage I (configs/demo/stage1.py): TI2V-style, 32x16 frames = 8x4 latents
+    (1x4x4, z=12 demo VAE), 2x2 patches: 8 tokens per frame, 136 for a 17-frame clip.
+    text_dim 32 = the demo umT5."""
     return _make(
         model_type="ti2v",
         dim=128,
         ffn_dim=384,
         num_heads=2,
         num_layers=4,
-        in_dim=48,
-        out_dim=48,
+        in_dim=12,
+        out_dim=12,
         text_dim=32,
         freq_dim=64,
         compute_dtype="float32",
@@ -113,11 +114,11 @@ def demo_stage1() -> ml_collections.ConfigDict:
 
 
 def demo_stage2() -> ml_collections.ConfigDict:
-    """The demo's Stage II (configs/demo/stage2.py): concat conditioning (48 + 48 channels),
-    256x128 frames = 64x32 latents, 4x4 patches: 128 tokens per latent frame."""
+    """The demo's Stage II (configs/demo/stage2.py): concat conditioning (12 + 12 channels),
+    128x64 frames = 32x16 latents, 2x2 patches: 128 tokens per latent frame, 48 latent values
+    per token (96 in) -- few enough for width 128 to carry z_ref through."""
     config = demo_stage1()
-    config.patch_size = (1, 4, 4)
-    config.in_dim = 96
+    config.in_dim = 24
     return config
 
 

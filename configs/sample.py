@@ -30,8 +30,8 @@ def _base() -> ml_collections.ConfigDict:
     c.summary = ""  # JSON summary path ('' = none)
     c.seed = 0
     c.frames = 17  # 4k + 1
-    c.resolution = "256x128"  # WIDTHxHEIGHT, multiples of 32, or 'auto' (image aspect)
-    c.max_area = 256 * 128  # for resolution 'auto'
+    c.resolution = "128x64"  # WIDTHxHEIGHT, or 'auto' (image aspect)
+    c.max_area = 128 * 64  # for resolution 'auto'
     c.fps = 16.0
 
     # Converted checkpoints (`python -m conversion` layout); see sampling/pipeline.py
@@ -76,7 +76,7 @@ def _base() -> ml_collections.ConfigDict:
             steps=4,
             shift=5.0,
             guide_scale=1.0,
-            sigma_start=1.0,  # refine: z_ref is noised to this sigma before denoising
+            sigma_start=1.0,  # < 1: start from z_ref noised to this sigma (either conditioning)
         )
     )
 
@@ -91,6 +91,7 @@ def _base() -> ml_collections.ConfigDict:
     )
     c.attention_backend = ""  # '' = as converted; 'xla', 'cudnn' (GPU) or 'splash' (TPU)
     c.text_cache_dir = ""  # '' = <cache>/text; 'none' = no prompt cache
+    c.text_len = 512  # prompt rows fed to the DiTs: the length the models were trained with
     # Persistent XLA compilation cache: a second run with the same shapes skips compiling.
     c.compilation_cache_dir = ""  # '' = <cache>/jax-compilation-cache; 'none' = off
     c.progress = True
@@ -103,6 +104,7 @@ def demo() -> ml_collections.ConfigDict:
     neighbour + 1 noisy block, as configs/demo/stage2.py trains it. No CFG: the demo models
     train on captions embedded by a random text encoder."""
     c = _base()
+    c.text_len = 64  # the demo DiTs train with 64 rows (configs/demo/common.py)
     c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0)
     c.stage2.update(noisy_blocks=1, neighbours=1, steps=8, shift=2.0, guide_scale=1.0)
     return c

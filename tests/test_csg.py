@@ -139,6 +139,26 @@ def test_refine_mode_uses_plain_model_and_partial_schedule():
         csg.WindowDenoiser(config, csg.CSGConfig(conditioning="concat"))
 
 
+@pytest.mark.parametrize("conditioning", ["concat", "refine"])
+@pytest.mark.parametrize("sigma_start", [1.0, 0.5])
+def test_noisy_blocks_start_from_noised_z_ref_below_sigma_start_one(conditioning, sigma_start):
+    """sigma_start < 1 starts noisy blocks at (1 - s0) z_ref + s0 noise in both modes; at 1,
+    concat starts from pure noise. A pass-through denoiser exposes the start latents."""
+    config, params = _model("tiny_concat" if conditioning == "concat" else "tiny")
+    csg_config = csg.CSGConfig(
+        conditioning=conditioning, sigma_start=sigma_start, noisy_blocks=4, neighbours=0,
+        steps=6, solver="euler", schedule="euler", shift=1.0,
+    )  # fmt: skip
+    out = _generate(config, params, csg_config, 5, denoiser=lambda p, init, *rest: init)
+    z_ref, _, _ = _clip(5)
+    s0 = float(csg_config.make_schedule().sigmas[0])
+    noise = csg.block_noise(jax.random.key(1), np.arange(1, 5), (1, *HW, 48))
+    noised = (1.0 - s0) * z_ref[:, 1:] + s0 * noise
+    expected = noise if (conditioning, sigma_start) == ("concat", 1.0) else noised
+    np.testing.assert_allclose(np.asarray(out[:, 1:]), np.asarray(expected), atol=1e-6)
+    assert s0 <= sigma_start + 1e-6
+
+
 def test_bad_config_and_shapes():
     with pytest.raises(ValueError, match="conditioning"):
         csg.CSGConfig(conditioning="magic")

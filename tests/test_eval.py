@@ -57,7 +57,7 @@ def test_demo_quality_runs_end_to_end(tmp_path):
     weights = demo_build.build(tmp_path / "random", stage1="ti2v")
     with pytest.raises(ValueError, match="lacks"):
         demo_quality.run(tmp_path, tmp_path / "nothing", clips=1)
-    result = demo_quality.run(weights, tmp_path / "out", clips=1, frames=13)
+    result = demo_quality.run(weights, tmp_path / "out", clips=1, frames=13, height=128, width=256)
     names = {"demo_quality.json", "demo_quality.md", "psnr_per_frame.png", "frames.png"}
     assert names <= {p.name for p in (tmp_path / "out").iterdir()}
     saved = json.loads((tmp_path / "out" / "demo_quality.json").read_text())

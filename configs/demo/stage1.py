@@ -1,4 +1,4 @@
-"""The demo's Stage I: a small TI2V-style DiT trained from scratch at 64x32 (image-to-video).
+"""The demo's Stage I: a small TI2V-style DiT trained from scratch at 32x16 (image-to-video).
 
     python train.py --config=configs/demo/stage1.py --workdir runs/demo/stage1 \
         --config.data.path=runs/demo/data/stage1

@@ -3,15 +3,12 @@
     python train.py --config=configs/demo/stage2.py --workdir runs/demo/stage2 \
         --config.data.path=runs/demo/data/stage2
 
-Data: `python -m swifti2v_jax.demo.dataset` (256x128 procedural clips encoded with the demo
+Data: `python -m swifti2v_jax.demo.dataset` (128x64 procedural clips encoded with the demo
 VAE; z_ref = the hybrid reference of the VAE-decoded low-res clip, as Stage I would give).
 Windows: the anchor (input image), N=1 neighbour and M=1 noisy block, 3 x 128 tokens
-(the first segment: anchor + 2 noisy blocks).
-
-Known problem (first run, README "Demo models"): with the 1x4x4, z=48 demo VAE a 4x4 patch
-token carries 768 latent values (1536 with z_ref) through width 128, so this model cannot
-represent z_ref; after 700 steps its clean estimate at noise 0.5 was worse than z_ref itself.
-Fewer latent values per token (smaller z) or a wider model is needed.
+(the first segment: anchor + 2 noisy blocks). A 2x2 patch token carries 48 latent values
+(96 with z_ref): the first demo run's 4x4 patches of a z=48 latent (768 values through
+width 128) could not even pass z_ref through.
 """
 
 import ml_collections

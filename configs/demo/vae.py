@@ -27,13 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae = ml_collections.ConfigDict(
         dict(
             variant="wan22",
-            base_dim=16,
-            dec_dim=16,
-            z_dim=48,
-            dim_mult=[1, 2, 2],
+            base_dim=48,
+            dec_dim=48,
+            z_dim=12,
+            dim_mult=[1],
             num_res_blocks=1,
-            temporal_downsample=[False, False],
-            patch_size=1,
+            temporal_downsample=[],
+            patch_size=4,
         )
     )
     # Training clips: procedural seeds [first_seed, first_seed + num_clips); evaluation and
@@ -43,12 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
             num_clips=128,
             first_seed=0,
             frames=17,
-            height=128,
-            width=256,
+            height=64,
+            width=128,
             factor=4,
             clip_frames=17,
             crop_height=16,
-            crop_width=16,
+            crop_width=32,
             lowres_fraction=0.25,
             seed=0,
             worker_count=0,
@@ -69,8 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
             ema_decay=0.995,
         )
     )
-    c.batch_size = 12
-    c.num_steps = 1700
+    c.batch_size = 16
+    c.num_steps = 5000
     c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=2, use_async=False))
     c.log_every = 25
     return c

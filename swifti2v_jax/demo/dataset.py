@@ -77,7 +77,7 @@ def clip_records(seed, vae_params, vae_config, encode_text, frames, height, widt
 
 def build(
     vae_dir, text_dir, out_dir, *, num_clips: int, first_seed: int = 0, frames: int = 17,
-    height: int = 128, width: int = 256, factor: int = 4, dtype: str = "float16",
+    height: int = 64, width: int = 128, factor: int = 4, dtype: str = "float16",
     overwrite: bool = False, progress: bool = True,
 ) -> dict[str, prepare.PrepareReport]:  # fmt: skip
     out_dir = Path(out_dir)
@@ -135,8 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num-clips", type=int, default=128)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

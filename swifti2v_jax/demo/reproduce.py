@@ -33,9 +33,9 @@ from pathlib import Path
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
-    "dit": ("stage1/model", "Stage I (TI2V-style, 64x32)"),
-    "stage2": ("stage2/model", "Stage II (concat, 256x128 CSG windows)"),
-    "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4"),
+    "dit": ("stage1/model", "Stage I (TI2V-style, 32x16)"),
+    "stage2": ("stage2/model", "Stage II (concat, 128x64 CSG windows)"),
+    "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4, z=12"),
     "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
     "tokenizer": ("random/tokenizer", "demo tokenizer"),
 }
@@ -89,7 +89,7 @@ def export(workdir: Path, out: Path, log: dict) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/demo")
-    parser.add_argument("--num-clips", type=int, default=128, help="training clips for the DiTs")
+    parser.add_argument("--num-clips", type=int, default=256, help="training clips for the DiTs")
     parser.add_argument("--install", action="store_true", help=f"copy into {BUNDLED_WEIGHTS}")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():

@@ -54,7 +54,7 @@ PROTOCOLS = ("oracle", "pipeline")
 
 
 class DemoModels:
-    def __init__(self, weights: Path):
+    def __init__(self, weights: Path, text_len: int):
         missing = [
             name for name in ("dit", "stage2", "vae", "t5", "tokenizer")
             if not (weights / name).is_dir()
@@ -69,7 +69,7 @@ class DemoModels:
         self.stage1_config = DiTConfig.from_dict(stage1_config)
         stage2_config, self.stage2_params = checkpoints.load(weights / "stage2", kind="dit")
         self.stage2_config = DiTConfig.from_dict(stage2_config)
-        self.text = TextEncoder(weights)
+        self.text = TextEncoder(weights, text_len=text_len)
 
 
 def encode_context(models: DemoModels, prompt: str) -> jax.Array:
@@ -253,14 +253,18 @@ def frame_grid(truth, videos, frame_ids) -> np.ndarray:
     )
 
 
-def run(weights, out_dir, *, clips=8, frames=17, height=128, width=256, factor=4, seed=0):
+def run(weights, out_dir, *, clips=8, frames=17, height=None, width=None, factor=4, seed=0):
+    """Evaluates with the demo preset's sampler settings and (by default) resolution."""
     import imageio.v3 as iio
 
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     start = time.time()
-    models = DemoModels(Path(weights))
-    pipeline_config = PipelineConfig.from_config(sample_configs.get_config("demo"))
+    sample_config = sample_configs.get_config("demo")
+    if height is None or width is None:
+        width, height = (int(side) for side in sample_config.resolution.split("x"))
+    pipeline_config = PipelineConfig.from_config(sample_config)
+    models = DemoModels(Path(weights), pipeline_config.text_len)
     num_blocks = vae.num_latent_frames(models.vae_config, frames)
     segments = segment_frames(pipeline_config.stage2, num_blocks, models.vae_config.temporal_factor)
     per_clip, first = [], None

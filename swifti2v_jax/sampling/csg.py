@@ -9,8 +9,9 @@ Inside a window (DESIGN.md, "CSG, precisely"):
 - context blocks (anchor, neighbours) are clean, get timestep 0, and are never updated;
 - noisy blocks get the step's timestep and the solver update;
 - RoPE temporal positions are the blocks' absolute latent frame indices;
-- `concat` conditioning feeds [latent, z_ref] on channels; `refine` starts the noisy blocks
-  from z_ref noised to sigma_start and feeds the latent alone (plain TI2V-5B);
+- `concat` conditioning feeds [latent, z_ref] on channels; `refine` feeds the latent alone
+  (plain TI2V-5B). With sigma_start < 1 (either mode) the noisy blocks start from z_ref
+  noised to sigma_start instead of pure noise;
 - `bidirectional` attention is full; `read_only` stops context queries attending noisy keys.
 """
 
@@ -43,7 +44,7 @@ class CSGConfig:
     steps: int = 20
     shift: float = 5.0
     guide_scale: float = 1.0
-    sigma_start: float = 1.0  # refine: noise level z_ref is brought to before denoising
+    sigma_start: float = 1.0  # < 1: start from z_ref noised to this level (img2img style)
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING_MODES:
@@ -64,7 +65,7 @@ class CSGConfig:
 
     def make_schedule(self) -> schedules.Schedule:
         schedule = schedules.make_schedule(self.schedule, self.steps, self.shift)
-        if self.conditioning == "refine" and self.sigma_start < 1.0:
+        if self.sigma_start < 1.0:
             # img2img-style: run the tail of the grid from the first sigma <= sigma_start.
             start = int(np.argmax(schedule.sigmas[:-1] <= self.sigma_start + 1e-7))
             if schedule.sigmas[start] > self.sigma_start + 1e-7:
@@ -207,7 +208,7 @@ def generate(
         current = buffer[:, blocks]
         ref = z_ref[:, blocks]
         noise = block_noise(key, blocks, block_shape)
-        if config.conditioning == "refine":
+        if config.conditioning == "refine" or config.sigma_start < 1.0:
             sigma0 = float(schedule.sigmas[0])
             start = (1.0 - sigma0) * ref + sigma0 * noise
         else:

@@ -88,6 +88,9 @@ class PipelineConfig:
     memory: MemoryOptions = MemoryOptions()
     attention_backend: str | None = None  # overrides the checkpoints' DiT attention backend
     text_cache_dir: Path | None = None  # on-disk prompt embedding cache (None: off)
+    # Prompt rows fed to the DiTs (zero rows past the prompt): Wan2.2 is trained with 512;
+    # a model must be sampled with the length it was trained with.
+    text_len: int = 512
     progress: bool = True
 
     @classmethod
@@ -129,6 +132,9 @@ class PipelineConfig:
         if divisor < 1:
             raise PipelineError(f"stage1.divisor must be >= 1, got {divisor}")
         cache = config.get("text_cache_dir") or None
+        text_len = int(config.get("text_len", 512))
+        if text_len < 1:
+            raise PipelineError(f"text_len must be >= 1, got {text_len}")
         return cls(
             stage1=stage1_config,
             stage2=stage2_config,
@@ -143,6 +149,7 @@ class PipelineConfig:
             ),
             attention_backend=config.get("attention_backend") or None,
             text_cache_dir=None if cache in (None, "none") else Path(cache).expanduser(),
+            text_len=text_len,
             progress=bool(config.get("progress", True)),
         )
 
@@ -600,6 +607,7 @@ class SwiftI2VPipeline:
                 self.paths.t5,
                 self.paths.tokenizer,
                 cache_dir=self.config.text_cache_dir,
+                text_len=self.config.text_len,
                 device="cpu" if self.config.memory.text_encoder_on_host else None,
             )
         with clock("text"):
