@@ -150,7 +150,7 @@ def resolve_checkpoints(config) -> tuple[dict, str | None, bool]:
         where = f"{stage1_root} and {root}"
     action = "built" if built else "cached"
     note = (
-        f"no trained demo weights are bundled yet: using tiny RANDOM-INIT demo models ({action} "
+        f"no trained demo weights for this setting: using tiny RANDOM-INIT demo models ({action} "
         f"in {where}); the video will be noise. Pass --checkpoints for real models"
     )
     return checkpoints, note, True

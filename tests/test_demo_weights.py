@@ -27,13 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")
 
 
-needs_weights = pytest.mark.skipif(
-    not (BUNDLED_WEIGHTS / "DEMO.json").is_file(),
-    reason="no trained demo weights are bundled yet (python -m swifti2v_jax.demo.reproduce)",
-)
-
-
-@needs_weights
 def test_bundled_weights_are_complete_small_and_as_configured():
     manifest = json.loads((BUNDLED_WEIGHTS / "DEMO.json").read_text())
     assert manifest["trained"] is True
@@ -80,7 +73,6 @@ def default_run(tmp_path_factory):
     return workdir / "swifti2v.mp4", proc.stderr
 
 
-@needs_weights
 def test_default_sample_uses_the_trained_models_and_follows_the_image(default_run):
     output, stderr = default_run
     assert "bundled demo models" in stderr and "RANDOM" not in stderr

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import sample as sample_configs
+from configs.demo import common as demo_common
 from swifti2v_jax import checkpoints
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.io.video import frames_to_uint8
@@ -252,7 +253,10 @@ def test_presets_make_valid_pipeline_configs(preset):
     config = pipeline_lib.PipelineConfig.from_config(sample_configs.get_config(preset))
     if preset == "demo":
         assert config.stage2.conditioning == "concat" and config.stage1.backbone == "ti2v"
+        # the demo DiTs' training length (configs/demo/common.py), not Wan2.2's 512
+        assert config.text_len == demo_common.dit_training("demo_stage2", 1).text_len == 64
         return
+    assert config.text_len == 512
     raw = sample_configs.get_config(preset)
     assert (raw.frames, raw.resolution) == (81, "2560x1408")
     if preset in ("swifti2v_2k", "swifti2v_2k_concat"):
@@ -262,6 +266,13 @@ def test_presets_make_valid_pipeline_configs(preset):
     expected = "concat" if preset == "swifti2v_2k_concat" else "refine"
     assert config.stage2.conditioning == expected
     assert config.memory.text_encoder_on_host and config.memory.release_stage1
+
+
+def test_text_len_must_be_positive():
+    config = sample_configs.get_config("demo")
+    config.text_len = 0
+    with pytest.raises(pipeline_lib.PipelineError, match="text_len"):
+        pipeline_lib.PipelineConfig.from_config(config)
 
 
 def test_size_plan(ti2v_root):

@@ -15,7 +15,7 @@ from configs.demo import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = common.dit_training("demo_stage1", num_steps=600)
+    config = common.dit_training("demo_stage1", num_steps=3000)
     config.stage = "stage1"
     config.csg.end_to_end = True
     config.loss.conditioning = "none"

@@ -8,7 +8,9 @@ VAE; z_ref = the hybrid reference of the VAE-decoded low-res clip, as Stage I wo
 Windows: the anchor (input image), N=1 neighbour and M=1 noisy block, 3 x 128 tokens
 (the first segment: anchor + 2 noisy blocks). A 2x2 patch token carries 48 latent values
 (96 with z_ref): the first demo run's 4x4 patches of a z=48 latent (768 values through
-width 128) could not even pass z_ref through.
+width 128) could not even pass z_ref through. Shipped run: 4500 steps, 45 min on 2 CPU
+cores, loss 1.7 -> 0.13; on held-out clips it ties bicubic with Stage I's output and stays
+below the decoded z_ref it is given (README "Demo models").
 """
 
 import ml_collections
@@ -17,7 +19,7 @@ from configs.demo import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = common.dit_training("demo_stage2", num_steps=700)
+    config = common.dit_training("demo_stage2", num_steps=4500)
     config.stage = "stage2"
     config.csg.noisy_blocks = 1
     config.csg.neighbours = 1

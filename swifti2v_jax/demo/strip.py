@@ -35,7 +35,10 @@ def main(argv=None) -> int:
     parser.add_argument("out")
     parser.add_argument("--image", default=str(EXAMPLE_IMAGE), help="'' to leave it out")
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 4, 8, 12, 16])
+    parser.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement")
     args = parser.parse_args(argv)
+    if args.scale < 1:
+        parser.error(f"--scale must be >= 1, got {args.scale}")
     video, _ = read_video(args.video)
     image = None
     if args.image:
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    strip = strip.repeat(args.scale, axis=0).repeat(args.scale, axis=1)
     Image.fromarray(strip).save(args.out)
     print(f"wrote {args.out}")
     return 0
