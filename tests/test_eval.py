@@ -7,6 +7,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from swifti2v_jax.data import procedural
 from swifti2v_jax.demo import build as demo_build
@@ -88,3 +89,19 @@ def test_frame_strip_layout_and_errors():
     assert (row[:, 5 : 5 + strip.GAP] == 255).all()
     with pytest.raises(ValueError, match="outside"):
         strip.frame_strip(video, None, [3])
+
+
+def test_frame_strip_cli_scales_and_rejects_bad_scale(tmp_path, capsys):
+    from swifti2v_jax.demo import strip
+    from swifti2v_jax.io import video as video_io
+
+    path = tmp_path / "clip.mp4"
+    with video_io.VideoWriter(path, 48, 32, fps=8) as writer:
+        writer.write_frames(np.full((5, 32, 48, 3), 100, np.uint8))
+    out = tmp_path / "strip.png"
+    assert strip.main([str(path), str(out), "--frames", "0", "4", "--scale", "3"]) == 0
+    width = 3 * (2 * 48 + 2 * strip.GAP + 48)  # image + 2 frames, 2 gaps, enlarged 3x
+    assert Image.open(out).size == (width, 3 * 32)
+    with pytest.raises(SystemExit):
+        strip.main([str(path), str(out), "--scale", "0"])
+    assert "--scale must be >= 1" in capsys.readouterr().err
