@@ -17,6 +17,8 @@ override the matching fields here.
 
 import ml_collections
 
+from configs.demo import common as demo_common
+
 PRESETS = ("demo", "swifti2v_2k", "swifti2v_2k_ti2v", "swifti2v_2k_concat")
 
 
@@ -104,7 +106,7 @@ def demo() -> ml_collections.ConfigDict:
     neighbour + 1 noisy block, as configs/demo/stage2.py trains it. No CFG: the demo models
     train on captions embedded by a random text encoder."""
     c = _base()
-    c.text_len = 64  # the demo DiTs train with 64 rows (configs/demo/common.py)
+    c.text_len = demo_common.TEXT_LEN  # the rows the demo DiTs are trained with
     c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0)
     # sigma_start 0.4: start from z_ref noised to 0.4 (measured on held-out clips: the demo
     # Stage II stays closest to the truth there; README "Demo models").

@@ -4,16 +4,18 @@ import ml_collections
 
 from configs import stage2
 
+# Prompt rows (zero past the prompt; the demo captions are 39 tokens). 512 as in Wan2.2
+# spends ~40% of a demo Stage II step on cross-attention. configs/sample.py's demo preset
+# feeds the same rows: a model must be sampled with the length it was trained with.
+TEXT_LEN = 64
+
 
 def dit_training(model: str, num_steps: int) -> ml_collections.ConfigDict:
     """From-scratch training of a demo DiT preset on one host (no FSDP), fp32 weights."""
     config = stage2.get_config("ti2v_5b")
     config.model = model
     config.allow_random_init = True
-    # Prompt rows (zero past the prompt; the demo captions are 39 tokens). 512 as in Wan2.2
-    # spends ~40% of a demo Stage II step on cross-attention; configs/sample.py's demo preset
-    # feeds the same 64.
-    config.text_len = 64
+    config.text_len = TEXT_LEN
     config.optimizer.learning_rate = 5e-4
     config.optimizer.warmup_steps = 100
     config.optimizer.end_learning_rate_ratio = 0.05

@@ -129,16 +129,12 @@ def evaluate_clip(models, pipeline_config, seed, frames, height, width, factor, 
         anchor = reference.encode_anchor(models.vae_params, models.vae_config, image)
         outputs = {"bicubic": upsampled, "z_ref": decode(models, z_ref)}
         for method, attention in (("stage2", "bidirectional"), ("read_only", "read_only")):
-            config = _replace(pipeline_config.stage2, attention=attention)
+            config = dataclasses.replace(pipeline_config.stage2, attention=attention)
             outputs[method] = stage2_video(models, config, z_ref, anchor, context, key_stage2)
         for method, video in outputs.items():
             scores[f"{protocol}/{method}"] = _scores(video, high)
         videos[protocol] = outputs
     return scores, high, videos
-
-
-def _replace(config: csg.CSGConfig, **changes) -> csg.CSGConfig:
-    return dataclasses.replace(config, **changes)
 
 
 def _scores(video, truth) -> dict:

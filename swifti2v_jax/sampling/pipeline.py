@@ -132,7 +132,7 @@ class PipelineConfig:
         if divisor < 1:
             raise PipelineError(f"stage1.divisor must be >= 1, got {divisor}")
         cache = config.get("text_cache_dir") or None
-        text_len = int(config.get("text_len", 512))
+        text_len = int(config.get("text_len", cls.text_len))
         if text_len < 1:
             raise PipelineError(f"text_len must be >= 1, got {text_len}")
         return cls(
