@@ -79,6 +79,7 @@ def _base() -> ml_collections.ConfigDict:
             shift=5.0,
             guide_scale=1.0,
             sigma_start=1.0,  # < 1: start from z_ref noised to this sigma (either conditioning)
+            neighbour_sigma=0.0,  # > 0: neighbours enter noised (models trained that way)
         )
     )
 

@@ -47,6 +47,8 @@ def _base() -> ml_collections.ConfigDict:
             logit_std=1.0,
             shift=1.0,
             anchor_dropout=0.0,
+            # > 0: neighbour blocks noised to U(0, this) (sample with stage2.neighbour_sigma)
+            neighbour_noise=0.0,
             # Precomputed (prepare.py) references are already degraded; this adds latent-space
             # blur + noise on device on top ('none' to use them as they are).
             online_degradation="none",

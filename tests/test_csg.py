@@ -159,6 +159,39 @@ def test_noisy_blocks_start_from_noised_z_ref_below_sigma_start_one(conditioning
     assert s0 <= sigma_start + 1e-6
 
 
+def test_neighbours_enter_noised_to_neighbour_sigma():
+    """neighbour_sigma > 0: each window's neighbour blocks are (1 - a) x + a n with noise
+    n fixed per block, the anchor stays clean, and the model sees timestep 1000 a on them;
+    the buffer keeps the un-noised generated blocks."""
+    config, params = _model()
+    sigma = 0.3
+    csg_config = csg.CSGConfig(noisy_blocks=1, neighbours=1, neighbour_sigma=sigma, steps=2)
+    inits = []
+
+    def record(p, init, z_ref, window, *rest):
+        inits.append((window, init))
+        return init
+
+    out = _generate(config, params, csg_config, 5, denoiser=record)
+    key = jax.random.key(1)
+    for window, init in inits[1:]:  # the first window has no neighbour
+        blocks, is_noisy = window.as_arrays()
+        assert blocks[0] == 0 and not is_noisy[1]
+        noise = csg.block_noise(
+            jax.random.fold_in(key, csg.NEIGHBOUR_NOISE_STREAM), blocks, (1, *HW, 48)
+        )
+        expected = (1 - sigma) * out[:, blocks[1]] + sigma * noise[:, 1]
+        np.testing.assert_allclose(np.asarray(init[:, 1]), np.asarray(expected), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(init[:, 0]), np.asarray(out[:, 0]))
+    _, timesteps = csg.window_model_input(
+        jnp.zeros((1, 3, *HW, 4)), jnp.zeros((1, 3, *HW, 4)), jnp.array([False, False, True]),
+        700.0, "concat", neighbour_timestep=1000.0 * sigma,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(timesteps), [[0.0, 300.0, 700.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="neighbour_sigma"):
+        csg.CSGConfig(neighbour_sigma=1.0)
+
+
 def test_bad_config_and_shapes():
     with pytest.raises(ValueError, match="conditioning"):
         csg.CSGConfig(conditioning="magic")

@@ -249,6 +249,36 @@ def test_objective_conventions(conditioning):
     assert float(count) == 2 * 2 * 4 * 4 * 6
 
 
+def test_neighbour_noise_noises_neighbours_but_not_the_anchor():
+    """neighbour_noise: the neighbour block (window slot 1) enters as (1 - a) x0 + a eps with
+    timestep 1000 a, a ~ U(0, max) per example; the anchor stays clean at timestep 0; the
+    loss still covers the noisy blocks only (the oracle's loss stays zero)."""
+    batch = _window_batch()
+    config = loss_lib.LossConfig(timestep_sampling="uniform", neighbour_noise=0.6)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    seen = {}
+
+    def apply(params, model_input, timesteps, context, positions, mask):
+        seen.update(model_input=model_input, timesteps=timesteps)
+        return _oracle_apply(batch["latents"], 6)(
+            params, model_input, timesteps, context, positions, mask
+        )
+
+    assert float(loss_lib.squared_error_sum(apply, None, batch, keys, config)) < 1e-6
+    noise = loss_lib.draw_example_noise(keys, batch, config)
+    a = np.asarray(noise.neighbour_sigma)
+    assert np.all((a > 0) & (a < 0.6)) and a[0] != a[1]
+    np.testing.assert_allclose(seen["timesteps"][:, 1], 1000.0 * a, rtol=1e-6)
+    np.testing.assert_array_equal(seen["timesteps"][:, 0], 0.0)
+    x0, eps = np.asarray(batch["latents"]), np.asarray(noise.eps)
+    a5 = a[:, None, None, None]
+    expected = (1 - a5) * x0[:, 1] + a5 * eps[:, 1]
+    np.testing.assert_allclose(seen["model_input"][:, 1, ..., :6], expected, atol=1e-6)
+    np.testing.assert_array_equal(seen["model_input"][:, 0, ..., :6], x0[:, 0])
+    with pytest.raises(ValueError, match="neighbour_noise"):
+        loss_lib.LossConfig(neighbour_noise=1.0)
+
+
 def test_timestep_sampling_and_shift():
     s = jnp.linspace(0.0, 1.0, 11)
     np.testing.assert_allclose(loss_lib.shift_time(s, 1.0), s, atol=1e-7)

@@ -6,7 +6,10 @@ which segment it is: the block layout (is_noisy, positions) is a traced argument
 and last segments reuse the program compiled for the first one.
 
 Inside a window (DESIGN.md, "CSG, precisely"):
-- context blocks (anchor, neighbours) are clean, get timestep 0, and are never updated;
+- context blocks (anchor, neighbours) are never updated; the anchor is clean with timestep 0,
+  neighbours too unless `neighbour_sigma` > 0: then they are noised to that level and get
+  its timestep, as a model trained with `loss.neighbour_noise` expects (generated
+  neighbours are imperfect; the noise keeps their errors from being copied forward);
 - noisy blocks get the step's timestep and the solver update;
 - RoPE temporal positions are the blocks' absolute latent frame indices;
 - `concat` conditioning feeds [latent, z_ref] on channels; `refine` feeds the latent alone
@@ -29,6 +32,7 @@ from swifti2v_jax.sampling import guidance as guidance_lib
 from swifti2v_jax.sampling import schedules, segments, solvers
 
 CONDITIONING_MODES = ("concat", "refine")
+NEIGHBOUR_NOISE_STREAM = 1  # fold_in tag: neighbour noise never reuses a noisy block's x_T
 ATTENTION_MODES = ("bidirectional", "read_only")
 
 
@@ -45,6 +49,7 @@ class CSGConfig:
     shift: float = 5.0
     guide_scale: float = 1.0
     sigma_start: float = 1.0  # < 1: start from z_ref noised to this level (img2img style)
+    neighbour_sigma: float = 0.0  # > 0: neighbours enter noised to this level (see above)
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING_MODES:
@@ -57,6 +62,8 @@ class CSGConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 < self.sigma_start <= 1.0:
             raise ValueError(f"sigma_start must be in (0, 1], got {self.sigma_start}")
+        if not 0.0 <= self.neighbour_sigma < 1.0:
+            raise ValueError(f"neighbour_sigma must be in [0, 1), got {self.neighbour_sigma}")
 
     def plan(self, num_blocks: int) -> list[segments.Window]:
         if self.end_to_end:
@@ -74,11 +81,14 @@ class CSGConfig:
         return schedule
 
 
-def window_model_input(latents, z_ref, is_noisy, timestep, conditioning: str):
+def window_model_input(
+    latents, z_ref, is_noisy, timestep, conditioning: str, neighbour_timestep=0.0
+):
     """The DiT input and per-block timesteps of a window.
 
-    latents, z_ref: [B, W, h, w, C]; is_noisy: [W] bool; timestep: scalar.
-    Returns (model_input [B, W, h, w, C or 2C], timesteps [B, W]).
+    latents, z_ref: [B, W, h, w, C]; is_noisy: [W] or [B, W] bool; timestep and
+    neighbour_timestep: scalars or [B, 1]. Window slot 0 is the anchor (timestep 0), other
+    context slots are neighbours. Returns (model_input [B, W, h, w, C or 2C], timesteps [B, W]).
     """
     if conditioning == "concat":
         model_input = jnp.concatenate([latents, z_ref.astype(latents.dtype)], axis=-1)
@@ -86,7 +96,9 @@ def window_model_input(latents, z_ref, is_noisy, timestep, conditioning: str):
         model_input = latents
     else:
         raise ValueError(f"conditioning must be one of {CONDITIONING_MODES}, got {conditioning!r}")
-    per_block = jnp.where(is_noisy, jnp.asarray(timestep, jnp.float32), 0.0)
+    is_anchor = jnp.arange(latents.shape[1]) == 0
+    context_t = jnp.where(is_anchor, 0.0, jnp.asarray(neighbour_timestep, jnp.float32))
+    per_block = jnp.where(is_noisy, jnp.asarray(timestep, jnp.float32), context_t)
     return model_input, jnp.broadcast_to(per_block, latents.shape[:2])
 
 
@@ -136,7 +148,7 @@ class WindowDenoiser:
 
         def model_fn(p, x, timestep, text):
             model_input, per_block_t = window_model_input(
-                x, z_ref, is_noisy, timestep, cfg.conditioning
+                x, z_ref, is_noisy, timestep, cfg.conditioning, 1000.0 * cfg.neighbour_sigma
             )
             return self.model.apply(
                 {"params": p}, model_input, per_block_t, text, positions, mask
@@ -162,6 +174,18 @@ class WindowDenoiser:
         return self._jitted(
             params, latents, z_ref, is_noisy, blocks, context, uncond, sigmas, timesteps
         )
+
+
+def noise_neighbours(window_latents, is_noisy, sigma: float, key, blocks) -> jax.Array:
+    """The window's neighbour blocks (context, not slot 0) noised to `sigma`; others as given.
+
+    The noise depends only on (key, block index), like `block_noise`, from its own stream.
+    """
+    block_shape = (window_latents.shape[0], *window_latents.shape[2:])
+    noise = block_noise(jax.random.fold_in(key, NEIGHBOUR_NOISE_STREAM), blocks, block_shape)
+    is_neighbour = ~is_noisy & (np.arange(len(blocks)) > 0)
+    noised = (1.0 - sigma) * window_latents + sigma * noise
+    return jnp.where(is_neighbour[None, :, None, None, None], noised, window_latents)
 
 
 @dataclasses.dataclass
@@ -213,6 +237,8 @@ def generate(
             start = (1.0 - sigma0) * ref + sigma0 * noise
         else:
             start = noise
+        if config.neighbour_sigma > 0:
+            current = noise_neighbours(current, is_noisy, config.neighbour_sigma, key, blocks)
         init = jnp.where(is_noisy[None, :, None, None, None], start, current)
         out = denoiser(params, init, ref, window, context, uncond_context, schedule)
         noisy_positions = np.flatnonzero(is_noisy)

@@ -120,6 +120,7 @@ class PipelineConfig:
                 shift=float(s2["shift"]),
                 guide_scale=float(s2["guide_scale"]),
                 sigma_start=float(s2["sigma_start"]),
+                neighbour_sigma=float(s2["neighbour_sigma"]),
             )
             stage2_config.make_schedule()  # validates the grid and shift now
             csg.solvers.make_solver(stage2_config.solver)

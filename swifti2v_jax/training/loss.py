@@ -8,6 +8,11 @@ z_ref at the window's blocks), `positions` [B, W] (absolute block indices, the R
     x_s = (1 - s) x0 + s eps on noisy blocks, x0 on context blocks (anchor, neighbours)
     target v = eps - x0, loss = mean over noisy-block elements of (model(x_s) - v)^2
 
+With `neighbour_noise` = a_max > 0, neighbour blocks (context blocks but the anchor) are
+noised too, to a ~ U(0, a_max) per example, with timestep 1000 a: at sampling the neighbours
+are the model's own imperfect output, and a model trained on clean true neighbours copies
+their errors forward segment after segment (sampling then sets `csg.neighbour_sigma`).
+
 The model input follows sampling exactly (`sampling.csg.window_model_input`): `concat` feeds
 [x_s, z_ref] on channels, `none` feeds x_s alone (the Stage I / plain TI2V I2V case); noisy
 blocks get timestep 1000 s, context blocks 0. Sampling feeds the scheduler's timesteps (also
@@ -40,6 +45,7 @@ class LossConfig:
     logit_std: float = 1.0
     shift: float = 1.0  # Wan's shift s -> shift s / (1 + (shift - 1) s), applied after sampling
     anchor_dropout: float = 0.0  # probability of hiding the anchor block from attention
+    neighbour_noise: float = 0.0  # max noise level of neighbour blocks (see above)
     online_degradation: str = "none"  # extra z_ref degradation applied on device
     degradation_factor: int = 2
     degradation_noise: float = 0.1
@@ -65,6 +71,8 @@ class LossConfig:
             raise ValueError(f"logit_std must be > 0, got {self.logit_std}")
         if not 0.0 <= self.anchor_dropout <= 1.0:
             raise ValueError(f"anchor_dropout must be in [0, 1], got {self.anchor_dropout}")
+        if not 0.0 <= self.neighbour_noise < 1.0:
+            raise ValueError(f"neighbour_noise must be in [0, 1), got {self.neighbour_noise}")
         if self.degradation_factor < 1 or self.degradation_noise < 0:
             raise ValueError("degradation_factor must be >= 1 and degradation_noise >= 0")
 
@@ -110,13 +118,14 @@ class ExampleNoise:
     eps: jax.Array  # [B, W, h, w, C]
     reference: jax.Array  # [B, W, h, w, C] z_ref after online degradation
     hide_anchor: jax.Array  # [B] bool
+    neighbour_sigma: jax.Array  # [B] noise level of the neighbour blocks
 
 
 def draw_example_noise(example_keys, batch, config: LossConfig) -> ExampleNoise:
     """All per-example randomness of the objective, one key per example."""
 
     def one(key, latents, reference, positions):
-        k_time, k_eps, k_degrade, k_drop = jax.random.split(key, 4)
+        k_time, k_eps, k_degrade, k_drop, k_neighbour = jax.random.split(key, 5)
         s = sample_time(k_time, config)
         eps = jax.random.normal(k_eps, latents.shape, jnp.float32)
         if config.online_degradation == "latent_blur_noise":
@@ -128,15 +137,16 @@ def draw_example_noise(example_keys, batch, config: LossConfig) -> ExampleNoise:
                 max_noise=config.degradation_noise,
             )
         hide = jax.random.bernoulli(k_drop, config.anchor_dropout)
-        return s, eps, reference, hide
+        a = jax.random.uniform(k_neighbour, (), maxval=config.neighbour_noise)
+        return s, eps, reference, hide, a
 
-    s, eps, reference, hide = jax.vmap(one)(
+    s, eps, reference, hide, a = jax.vmap(one)(
         example_keys,
         batch["latents"].astype(jnp.float32),
         batch["reference"].astype(jnp.float32),
         batch["positions"],
     )
-    return ExampleNoise(s=s, eps=eps, reference=reference, hide_anchor=hide)
+    return ExampleNoise(s=s, eps=eps, reference=reference, hide_anchor=hide, neighbour_sigma=a)
 
 
 def noisy_element_count(batch) -> jax.Array:
@@ -157,12 +167,21 @@ def squared_error_sum(apply_fn, params, batch, example_keys, config: LossConfig)
     is_noisy = batch["is_noisy"].astype(bool)
     noise = draw_example_noise(example_keys, batch, config)
     s = noise.s[:, None, None, None, None]
+    a = noise.neighbour_sigma[:, None, None, None, None]
     block_is_noisy = is_noisy[:, :, None, None, None]
-    x_s = jnp.where(block_is_noisy, (1.0 - s) * x0 + s * noise.eps, x0)
+    # Noisy and neighbour blocks are distinct blocks: one eps tensor serves both.
+    x_context = (1.0 - a) * x0 + a * noise.eps
+    x_context = x_context.at[:, 0].set(x0[:, 0])  # window slot 0 is the anchor: always clean
+    x_s = jnp.where(block_is_noisy, (1.0 - s) * x0 + s * noise.eps, x_context)
 
     conditioning = "concat" if config.conditioning == "concat" else "refine"
     model_input, timesteps = csg.window_model_input(
-        x_s, noise.reference, is_noisy, 1000.0 * noise.s[:, None], conditioning
+        x_s,
+        noise.reference,
+        is_noisy,
+        1000.0 * noise.s[:, None],
+        conditioning,
+        neighbour_timestep=1000.0 * noise.neighbour_sigma[:, None],
     )
     mask = None
     if config.anchor_dropout > 0:
