@@ -127,6 +127,25 @@ def test_lightning_euler_and_dpm_grids():
     assert list(sch.timesteps_from_sigmas([0.9999, 0.5009, 0.0])) == [999, 500, 0]
 
 
+def test_start_at_starts_exactly_there_then_follows_the_grid():
+    one_step = sch.make_schedule("euler", 1, 1.0).start_at(0.7)
+    np.testing.assert_allclose(one_step.sigmas, [0.7, 0.0], rtol=1e-7)
+    np.testing.assert_array_equal(one_step.timesteps, [700])
+    grid = sch.make_schedule("unipc", 20, 5.0)
+    partial = grid.start_at(0.7)
+    below = grid.sigmas < 0.699
+    np.testing.assert_allclose(partial.sigmas[0], 0.7, rtol=1e-7)
+    np.testing.assert_array_equal(partial.sigmas[1:], grid.sigmas[below])
+    np.testing.assert_array_equal(partial.timesteps[1:], grid.timesteps[below[:-1]])
+    assert partial.num_steps == int(below.sum())
+    # A grid point at the start itself is not repeated (no zero-length step).
+    exact = sch.make_schedule("euler", 4, 1.0).start_at(0.5)
+    np.testing.assert_allclose(exact.sigmas, [0.5, 0.25, 0.0], rtol=1e-7)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="start sigma"):
+            grid.start_at(bad)
+
+
 def test_schedule_validation():
     with pytest.raises(ValueError, match="steps"):
         sch.official_unipc_sigmas(0, 5.0)

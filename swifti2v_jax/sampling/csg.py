@@ -48,7 +48,8 @@ class CSGConfig:
     steps: int = 20
     shift: float = 5.0
     guide_scale: float = 1.0
-    sigma_start: float = 1.0  # < 1: start from z_ref noised to this level (img2img style)
+    sigma_start: float = 1.0  # < 1: start from z_ref noised to exactly this level, then
+    # follow the grid's sigmas below it (img2img style; steps=1 is one x0 prediction)
     neighbour_sigma: float = 0.0  # > 0: neighbours enter noised to this level (see above)
 
     def __post_init__(self):
@@ -73,11 +74,8 @@ class CSGConfig:
     def make_schedule(self) -> schedules.Schedule:
         schedule = schedules.make_schedule(self.schedule, self.steps, self.shift)
         if self.sigma_start < 1.0:
-            # img2img-style: run the tail of the grid from the first sigma <= sigma_start.
-            start = int(np.argmax(schedule.sigmas[:-1] <= self.sigma_start + 1e-7))
-            if schedule.sigmas[start] > self.sigma_start + 1e-7:
-                start = schedule.num_steps - 1
-            schedule = schedule.tail(start)
+            # img2img-style: start exactly at sigma_start, then the grid below it.
+            schedule = schedule.start_at(self.sigma_start)
         return schedule
 
 

@@ -136,6 +136,18 @@ class Schedule:
             raise ValueError(f"start_step must be in [0, {self.num_steps}), got {start_step}")
         return Schedule(sigmas=self.sigmas[start_step:], timesteps=self.timesteps[start_step:])
 
+    def start_at(self, sigma: float) -> Schedule:
+        """Partial denoising from exactly `sigma` (img2img style): sigma, then the grid's
+        sigmas below it. Grid points within 1e-3 below `sigma` are dropped, so no step is
+        degenerate; a one-step grid [1, 0] becomes [sigma, 0]."""
+        if not 0.0 < sigma <= 1.0:
+            raise ValueError(f"start sigma must be in (0, 1], got {sigma}")
+        keep = self.sigmas < sigma - 1e-3
+        keep[-1] = True  # the final sigma (0) always stays
+        rest = np.flatnonzero(keep)
+        timesteps = np.concatenate([[int(sigma * NUM_TRAIN_TIMESTEPS)], self.timesteps[rest[:-1]]])
+        return Schedule(sigmas=np.concatenate([[sigma], self.sigmas[rest]]), timesteps=timesteps)
+
 
 def _check_sigmas(sigmas: np.ndarray) -> None:
     if not np.all(np.isfinite(sigmas)):
