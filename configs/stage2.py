@@ -38,6 +38,9 @@ def _base() -> ml_collections.ConfigDict:
 
     # CSG windows sampled at random segment starts (M noisy blocks, N neighbours).
     config.csg = ml_collections.ConfigDict(dict(noisy_blocks=3, neighbours=1, end_to_end=False))
+    # > 0: with this probability an example's neighbours are the model's own output (the
+    # records' `generated` latents, added by `python -m swifti2v_jax.data.rollout`).
+    config.csg.generated_neighbours = 0.0
     config.text_len = 512
     config.loss = ml_collections.ConfigDict(
         dict(

@@ -319,3 +319,88 @@ def test_prepare_cli_with_tiny_converted_models(video_dir, tmp_path, capsys):
     assert record["latents"].shape == (4, 2, 2, Z)
     assert record["context"].shape[1] == d_model
     assert prepare.main([f"--videos={video_dir}", f"--out={out}", "--vae=x"]) == 2  # not empty
+
+
+def _records_with_generated(num_records=3, num_blocks=5):
+    spec = synthetic.SyntheticSpec(num_records=num_records, num_blocks=num_blocks, text_dim=32)
+    source = synthetic.SyntheticSource(spec)
+    out = []
+    for index in range(num_records):
+        record = records.as_record(source[index])
+        out.append(records.with_generated(record, -np.asarray(record["latents"])))
+    return out
+
+
+def test_generated_latents_round_trip_and_feed_neighbours():
+    record = _records_with_generated(1)[0]
+    back = records.deserialize(records.serialize(record))
+    np.testing.assert_array_equal(back["generated"], record["generated"])
+    assert "generated" not in records.deserialize(
+        records.serialize({k: v for k, v in record.items() if k != "generated"})
+    )
+    with pytest.raises(ValueError, match="generated latents"):
+        records.with_generated(record, record["latents"][:2])
+
+    # generated_neighbours=1: the neighbour comes from `generated` (= -latents here); the
+    # anchor and the noisy blocks stay true.
+    spec = loader.WindowSpec(noisy_blocks=1, neighbours=1, text_len=8, generated_neighbours=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        example = loader.ToWindow(spec).random_map(record, rng)
+        truth = np.asarray(record["latents"], np.float32)[example["positions"]]
+        sign = np.where(~example["is_noisy"] & (np.arange(3) > 0), -1.0, 1.0)
+        np.testing.assert_array_equal(example["latents"], sign[:, None, None, None] * truth)
+    never = loader.WindowSpec(noisy_blocks=1, neighbours=1, text_len=8)
+    example = loader.ToWindow(never).random_map(record, np.random.default_rng(0))
+    np.testing.assert_array_equal(
+        example["latents"], np.asarray(record["latents"], np.float32)[example["positions"]]
+    )
+    without = {k: v for k, v in record.items() if k != "generated"}
+    with pytest.raises(ValueError, match="rollout"):
+        loader.ToWindow(spec).random_map(without, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="generated_neighbours"):
+        loader.WindowSpec(generated_neighbours=1.5)
+
+
+def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
+    import jax
+
+    from configs import dit as dit_configs
+    from configs import sample as sample_configs
+    from swifti2v_jax import checkpoints
+    from swifti2v_jax.data import rollout
+    from swifti2v_jax.models.dit import DiTConfig, init_params
+    from swifti2v_jax.sampling.pipeline import PipelineConfig
+
+    plain = [{k: v for k, v in r.items() if k != "generated"} for r in _records_with_generated()]
+    prepare.write_dataset(
+        tmp_path / "data", iter((r["name"], r) for r in plain), prepare.PrepareReport(3)
+    )
+    model_dict = dit_configs.get_config("tiny_concat")
+    params = init_params(DiTConfig.from_dict(model_dict), jax.random.key(0))
+    checkpoints.save(tmp_path / "dit", "dit", model_dict.to_dict(), params)
+    argv = ["--data", str(tmp_path / "data"), "--stage2", str(tmp_path / "dit")]
+    assert rollout.main(argv + ["--out", str(tmp_path / "out")]) == 0
+
+    written = loader.array_record_source(tmp_path / "out")
+    info = prepare.read_dataset_info(tmp_path / "out")
+    assert len(written) == 3 and info["rollout"]["preset"] == "demo"
+    pipeline_config = PipelineConfig.from_config(sample_configs.get_config("demo"))
+    for index in range(3):
+        record = records.as_record(written[index])
+        expected = rollout.generate_clip(
+            params, DiTConfig.from_dict(model_dict), pipeline_config.stage2, None, plain[index],
+            pipeline_config.text_len, jax.random.fold_in(jax.random.key(0), index),
+        )  # fmt: skip
+        np.testing.assert_allclose(record["generated"], expected, atol=2e-3, rtol=2e-3)
+        np.testing.assert_array_equal(record["generated"][0], record["latents"][0])
+        np.testing.assert_array_equal(record["latents"], plain[index]["latents"])
+    # The output folder is not overwritten by accident; a Stage I-style model is refused.
+    assert rollout.main(argv + ["--out", str(tmp_path / "out")]) == 1
+    assert "not empty" in capsys.readouterr().err
+    plain_dict = dit_configs.get_config("tiny")
+    plain_params = init_params(DiTConfig.from_dict(plain_dict), jax.random.key(0))
+    checkpoints.save(tmp_path / "plain", "dit", plain_dict.to_dict(), plain_params)
+    with pytest.raises(ValueError, match="in_dim"):
+        rollout.rollout(tmp_path / "data", tmp_path / "plain", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())

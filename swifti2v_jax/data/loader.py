@@ -7,6 +7,11 @@ training) and the window's blocks are gathered on the host, so the device sees f
     latents, reference [B, W, h, w, z] float32    positions [B, W] int32
     is_noisy [B, W] bool                           context [B, text_len, d] float32
 
+With `generated_neighbours` = p > 0, an example's neighbour blocks (context blocks but the
+anchor) come with probability p from the record's `generated` latents (a Stage II model's
+own output, data/rollout.py) instead of the true ones, as at sampling time; the anchor and
+the noisy blocks (the targets) stay true.
+
 The window draw uses grain's per-record generator, so it is part of the (checkpointable)
 iterator state: a resumed run sees the same windows as an uninterrupted one. Sharding over
 hosts is by `jax.process_index()` (grain's ShardByJaxProcess).
@@ -33,6 +38,13 @@ class WindowSpec:
     neighbours: int = 1  # N
     end_to_end: bool = False  # the whole clip as one window (anchor clean, the rest noisy)
     text_len: int = 512
+    generated_neighbours: float = 0.0  # probability of neighbours from record["generated"]
+
+    def __post_init__(self):
+        if not 0.0 <= self.generated_neighbours <= 1.0:
+            raise ValueError(
+                f"generated_neighbours must be in [0, 1], got {self.generated_neighbours}"
+            )
 
     def window_size(self, num_blocks: int) -> int:
         if self.end_to_end:
@@ -45,10 +57,17 @@ class WindowSpec:
         return segments.sample_training_window(num_blocks, self.noisy_blocks, self.neighbours, rng)
 
 
-def window_example(record: dict, window: segments.Window, text_len: int) -> dict:
+def window_example(
+    record: dict, window: segments.Window, text_len: int, generated_neighbours: bool = False
+) -> dict:
     blocks, is_noisy = window.as_arrays()
+    latents = np.asarray(record["latents"][blocks], np.float32)
+    if generated_neighbours:
+        is_neighbour = ~is_noisy & (np.arange(len(blocks)) > 0)
+        own = np.asarray(record["generated"][blocks], np.float32)
+        latents = np.where(is_neighbour[:, None, None, None], own, latents)
     return {
-        "latents": np.asarray(record["latents"][blocks], np.float32),
+        "latents": latents,
         "reference": np.asarray(record["reference"][blocks], np.float32),
         "positions": blocks.astype(np.int32),
         "is_noisy": is_noisy,
@@ -71,7 +90,17 @@ class ToWindow(grain.transforms.RandomMap):
                 f"record {record['name']!r} has {num_blocks} latent blocks, the data set "
                 f"promised {self.expected_blocks}: windows would change size"
             )
-        return window_example(record, self.spec.sample(num_blocks, rng), self.spec.text_len)
+        window = self.spec.sample(num_blocks, rng)
+        use_generated = False
+        if self.spec.generated_neighbours > 0:  # no extra draw otherwise: old runs unchanged
+            if "generated" not in record:
+                raise ValueError(
+                    f"record {record['name']!r} has no generated latents, which "
+                    "generated_neighbours > 0 needs: add them with `python -m "
+                    "swifti2v_jax.data.rollout`"
+                )
+            use_generated = bool(rng.random() < self.spec.generated_neighbours)
+        return window_example(record, window, self.spec.text_len, use_generated)
 
 
 def find_shards(data_dir: str | os.PathLike) -> list[str]:

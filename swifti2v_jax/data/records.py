@@ -8,6 +8,11 @@ Fields (the same in ArrayRecord shards written by prepare.py and in the tfds bui
     caption    str
     name       str           the video's file stem
 
+optionally (data/rollout.py adds it):
+
+    generated  [T, h, w, z]  the clip as a Stage II model generated it (CSG on `reference`):
+                             training can take neighbour blocks from it (loader.WindowSpec)
+
 An ArrayRecord entry is these arrays serialised with `np.savez` (no pickle), so shards are
 readable with numpy alone.
 """
@@ -19,6 +24,7 @@ import io
 import numpy as np
 
 ARRAY_FIELDS = ("latents", "reference", "context")
+OPTIONAL_ARRAY_FIELDS = ("generated",)
 TEXT_FIELDS = ("caption", "name")
 STORAGE_DTYPES = ("float16", "float32")
 
@@ -44,6 +50,16 @@ def make_record(latents, reference, context, caption: str, name: str, dtype="flo
     }
 
 
+def with_generated(record: dict, generated) -> dict:
+    """The record plus its `generated` latents (same shape as `latents`, stored alike)."""
+    generated = np.asarray(generated)
+    if generated.shape != record["latents"].shape:
+        raise ValueError(
+            f"generated latents {generated.shape} must match latents {record['latents'].shape}"
+        )
+    return {**record, "generated": generated.astype(record["latents"].dtype)}
+
+
 def trim_context(embedding: np.ndarray) -> np.ndarray:
     """[text_len, d] with zero rows past the prompt -> its first `true length` rows (>= 1)."""
     nonzero = np.flatnonzero(np.any(embedding != 0, axis=-1))
@@ -61,6 +77,7 @@ def pad_context(context: np.ndarray, text_len: int) -> np.ndarray:
 def serialize(record: dict) -> bytes:
     buffer = io.BytesIO()
     arrays = {name: record[name] for name in ARRAY_FIELDS}
+    arrays.update({name: record[name] for name in OPTIONAL_ARRAY_FIELDS if name in record})
     texts = {name: np.asarray(str(record[name])) for name in TEXT_FIELDS}
     np.savez(buffer, **arrays, **texts)
     return buffer.getvalue()
@@ -69,6 +86,7 @@ def serialize(record: dict) -> bytes:
 def deserialize(data: bytes) -> dict:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         record = {name: archive[name] for name in ARRAY_FIELDS}
+        record.update({name: archive[name] for name in OPTIONAL_ARRAY_FIELDS if name in archive})
         record.update({name: str(archive[name]) for name in TEXT_FIELDS})
     return record
 

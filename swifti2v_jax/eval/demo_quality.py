@@ -291,6 +291,8 @@ def run(weights, out_dir, *, clips=8, frames=17, height=None, width=None, factor
                 neighbours=pipeline_config.stage2.neighbours,
                 steps=pipeline_config.stage2.steps,
                 solver=pipeline_config.stage2.solver,
+                sigma_start=pipeline_config.stage2.sigma_start,
+                neighbour_sigma=pipeline_config.stage2.neighbour_sigma,
             ),
             stage1=dict(steps=pipeline_config.stage1.steps, solver=pipeline_config.stage1.solver),
         ),  # fmt: skip

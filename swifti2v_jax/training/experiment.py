@@ -48,6 +48,7 @@ def window_spec(config) -> loader_lib.WindowSpec:
         neighbours=config.csg.neighbours,
         end_to_end=config.csg.end_to_end,
         text_len=config.text_len,
+        generated_neighbours=config.csg.get("generated_neighbours", 0.0),
     )
 
 

@@ -1,0 +1,114 @@
+"""Adds a Stage II model's own output to prepared records, for training on own neighbours.
+
+    python -m swifti2v_jax.data.rollout --data runs/demo/data/stage2 \
+        --stage2 runs/demo/stage2/model --out runs/demo/data/stage2_rollout
+
+At sampling time a CSG window's neighbour blocks are what the model generated a segment
+earlier, never the true latents it trained with, so its errors are copied forward segment
+after segment. This runs CSG over every record (z_ref = its `reference`, anchor = its first
+latent block, its caption embedding) with the sampler of a configs/sample.py preset and writes
+the records again with the result as `generated`; train with
+`--config.csg.generated_neighbours=P` to see those neighbours in a fraction P of examples.
+The output is written all or nothing (prepare.write_dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import sample as sample_configs
+from swifti2v_jax import checkpoints
+from swifti2v_jax.data import loader, prepare, records
+from swifti2v_jax.models.dit import DiTConfig
+from swifti2v_jax.sampling import csg
+from swifti2v_jax.sampling.pipeline import PipelineConfig
+
+
+def generate_clip(params, model_config, csg_config, denoiser, record, text_len, key):
+    """CSG over one record -> generated latents [T, h, w, z] (float32, block 0 = anchor)."""
+    z_ref = jnp.asarray(record["reference"], jnp.float32)[None]
+    anchor = jnp.asarray(record["latents"][:1], jnp.float32)[None]
+    context = jnp.asarray(records.pad_context(np.asarray(record["context"], np.float32), text_len))
+    latents = csg.generate(
+        params, model_config, csg_config, z_ref=z_ref, anchor=anchor, context=context[None],
+        key=key, denoiser=denoiser,
+    )  # fmt: skip
+    return np.asarray(latents[0])
+
+
+def rollout(
+    data_dir, stage2_dir, out_dir, *, preset="demo", seed=0, overwrite=False, progress=True
+):
+    source = loader.array_record_source(data_dir)  # fails early without shards
+    info = prepare.read_dataset_info(data_dir) or {}
+    dtype = info.get("dtype", "float16")
+    prepare.check_output(out_dir, max(len(source), 1), dtype, overwrite)
+    sample_config = sample_configs.get_config(preset)
+    pipeline_config = PipelineConfig.from_config(sample_config)
+    csg_config = pipeline_config.stage2
+    model_dict, params = checkpoints.load(stage2_dir, kind="dit")
+    model_config = DiTConfig.from_dict(model_dict)
+    denoiser = csg.WindowDenoiser(model_config, csg_config)  # validates conditioning vs model
+    text_len = pipeline_config.text_len
+    start = time.time()
+
+    def named_records():
+        indices = range(len(source))
+        if progress:
+            from tqdm import tqdm
+
+            indices = tqdm(indices, desc="rollout", unit="clip")
+        for index in indices:
+            record = records.as_record(source[index])
+            key = jax.random.fold_in(jax.random.key(seed), index)
+            generated = generate_clip(
+                params, model_config, csg_config, denoiser, record, text_len, key
+            )
+            yield record["name"], records.with_generated(record, generated)
+
+    report = prepare.PrepareReport(written=len(source))
+    rollout_info = {
+        "stage2": str(stage2_dir), "preset": preset, "seed": seed, "source": str(data_dir),
+        "sampler": {k: getattr(csg_config, k) for k in (
+            "noisy_blocks", "neighbours", "solver", "schedule", "steps", "shift",
+            "sigma_start", "neighbour_sigma")},
+    }  # fmt: skip
+    kept = {k: v for k, v in info.items() if k not in ("num_records", "shards", "rollout")}
+    report = prepare.write_dataset(
+        out_dir, named_records(), report, records_per_shard=max(len(source), 1), dtype=dtype,
+        info={**kept, "rollout": rollout_info},
+    )  # fmt: skip
+    rollout_info["seconds"] = round(time.time() - start, 1)
+    return report, rollout_info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="prepared records (stage2 layout)")
+    parser.add_argument("--stage2", required=True, help="Stage II DiT checkpoint folder")
+    parser.add_argument("--out", required=True, help="output folder (new or --overwrite)")
+    parser.add_argument("--preset", default="demo", help="configs/sample.py preset (sampler)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        _, info = rollout(
+            args.data, args.stage2, args.out, preset=args.preset, seed=args.seed,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    except (ValueError, checkpoints.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
