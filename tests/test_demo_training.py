@@ -165,6 +165,30 @@ def test_train_py_exports_the_ema_model(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("name", ["stage2_neighbours", "stage2_rollout"])
+def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
+    """The fine-tune phases need an init checkpoint; the rollout phase also needs records
+    with generated latents (the synthetic source has none)."""
+    import importlib
+
+    from train import train
+
+    config = importlib.import_module(f"configs.demo.{name}").get_config()
+    with pytest.raises(ValueError, match="init_checkpoint"):
+        train(config, tmp_path / "a")
+    config.allow_random_init = True
+    config.model = "tiny_concat"
+    config.data.synthetic = stage2_configs.get_config("tiny").data.synthetic
+    config.text_len = 8
+    config.num_steps = 1
+    config.batch_size = 2
+    if config.csg.generated_neighbours > 0:
+        with pytest.raises(ValueError, match="rollout"):
+            train(config, tmp_path / "b")
+    else:
+        assert train(config, tmp_path / "b") == 1
+
+
 def test_demo_dataset_records_follow_the_sampling_reference(tmp_path):
     demo_build.build(tmp_path / "random", stage1="ti2v")
     out = tmp_path / "data"

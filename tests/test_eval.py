@@ -12,6 +12,7 @@ from PIL import Image
 from swifti2v_jax.data import procedural
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.eval import demo_quality, metrics
+from swifti2v_jax.models import vae
 from swifti2v_jax.sampling import csg, reference
 
 
@@ -76,6 +77,16 @@ def test_demo_quality_runs_end_to_end(tmp_path):
     expected = metrics.psnr(upsampled, high)
     np.testing.assert_allclose(result["per_clip"][0]["oracle/bicubic"]["psnr"], expected, rtol=1e-6)
     assert result["per_clip"][0]["oracle/bicubic"]["psnr"][0] > 90  # frame 0 is exact
+    # vae_oracle: the same with the low-res clip through the demo VAE (a perfect Stage I)
+    models = demo_quality.DemoModels(weights, 64)
+    through = vae.decode(models.vae_params, models.vae_config, vae.encode(
+        models.vae_params, models.vae_config, low[None]))  # fmt: skip
+    upsampled = np.array(reference.upsample_frames(through, 128, 256)[0])
+    upsampled[0] = high[0]
+    np.testing.assert_allclose(
+        result["per_clip"][0]["vae_oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high),
+        rtol=1e-5,
+    )  # fmt: skip
 
 
 def test_frame_strip_layout_and_errors():

@@ -11,7 +11,10 @@ Run from the repository root (it calls train.py). Steps, each skipped when its o
   3. data     python -m swifti2v_jax.demo.dataset --vae WORKDIR/vae/model ...
   4. stage1   python train.py --config=configs/demo/stage1.py --workdir WORKDIR/stage1 ...
   5. stage2   python train.py --config=configs/demo/stage2.py --workdir WORKDIR/stage2 ...
-  6. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
+  6. stage2_neighbours  train.py --config=configs/demo/stage2_neighbours.py (init: step 5)
+  7. rollout  python -m swifti2v_jax.data.rollout (step 6's model over the training clips)
+  8. stage2_rollout     train.py --config=configs/demo/stage2_rollout.py (init: step 6)
+  9. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
               also copied to swifti2v_jax/demo/weights, where sample.py looks first.
 
 WORKDIR/reproduce.json records the commands and how long each step took. Steps 4 and 5
@@ -34,7 +37,7 @@ from swifti2v_jax.demo import BUNDLED_WEIGHTS
 
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
     "dit": ("stage1/model", "Stage I (TI2V-style, 32x16)"),
-    "stage2": ("stage2/model", "Stage II (concat, 128x64 CSG windows)"),
+    "stage2": ("stage2_rollout/model", "Stage II (concat, 128x64 CSG windows)"),
     "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4, z=12"),
     "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
     "tokenizer": ("random/tokenizer", "demo tokenizer"),
@@ -60,6 +63,19 @@ def steps(workdir: Path, num_clips: int) -> list[tuple[str, Path, list[str]]]:
         ("stage2", workdir / "stage2" / "model",
          [py, "train.py", "--config=configs/demo/stage2.py", f"--workdir={workdir / 'stage2'}",
           f"--config.data.path={data / 'stage2'}"]),
+        ("stage2_neighbours", workdir / "stage2_neighbours" / "model",
+         [py, "train.py", "--config=configs/demo/stage2_neighbours.py",
+          f"--workdir={workdir / 'stage2_neighbours'}", f"--config.data.path={data / 'stage2'}",
+          f"--config.init_checkpoint={workdir / 'stage2' / 'model'}"]),
+        ("rollout", data / "stage2_rollout" / "dataset.json",
+         [py, "-m", "swifti2v_jax.data.rollout", "--data", str(data / "stage2"),
+          "--stage2", str(workdir / "stage2_neighbours" / "model"),
+          "--out", str(data / "stage2_rollout"), "--overwrite"]),
+        ("stage2_rollout", workdir / "stage2_rollout" / "model",
+         [py, "train.py", "--config=configs/demo/stage2_rollout.py",
+          f"--workdir={workdir / 'stage2_rollout'}",
+          f"--config.data.path={data / 'stage2_rollout'}",
+          f"--config.init_checkpoint={workdir / 'stage2_neighbours' / 'model'}"]),
     ]  # fmt: skip
 
 

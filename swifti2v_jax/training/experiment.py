@@ -103,6 +103,11 @@ def make_source(config):
     if len(source) == 0:
         raise ValueError("the training data set is empty")
     first = records.as_record(source[0])
+    if window_spec(config).generated_neighbours > 0 and "generated" not in first:
+        raise ValueError(
+            "csg.generated_neighbours > 0 needs records with the model's own output: add it "
+            "with `python -m swifti2v_jax.data.rollout` and train on that folder"
+        )
     num_blocks, h, w, channels = first["latents"].shape
     info = DataInfo(
         len(source), num_blocks, (h, w), channels, first["context"].shape[1], is_synthetic
