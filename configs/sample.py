@@ -103,16 +103,17 @@ def _base() -> ml_collections.ConfigDict:
 
 def demo() -> ml_collections.ConfigDict:
     """Settings for the demo models of configs/demo/*.py (swifti2v_jax/demo/weights): Stage I
-    samples 32x16 motion, Stage II runs CSG windows of anchor + 1
-    neighbour + 1 noisy block, as configs/demo/stage2.py trains it. No CFG: the demo models
+    samples 32x16 motion, Stage II runs CSG windows of anchor + 1 neighbour + 1 noisy block,
+    as configs/demo/stage2*.py train it. No CFG: the demo models
     train on captions embedded by a random text encoder."""
     c = _base()
     c.text_len = demo_common.TEXT_LEN  # the rows the demo DiTs are trained with
     c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0)
     # One Euler step from z_ref noised to 0.7: the model's x0 prediction, the estimate
     # closest to the truth in PSNR (more steps draw sharper but less faithful samples).
-    # Neighbours enter noised to 0.6, as configs/demo/stage2.py trains them. Chosen on
-    # validation clips (README "Demo models").
+    # Neighbours enter noised to 0.6. Chosen on validation clips (README "Demo models").
+    # data/rollout.py samples the training clips with this preset for configs/demo/
+    # stage2_rollout.py: changing it changes what a reproduction trains on.
     c.stage2.update(
         noisy_blocks=1, neighbours=1, solver="euler", schedule="euler", steps=1, shift=1.0,
         guide_scale=1.0, sigma_start=0.7, neighbour_sigma=0.6,

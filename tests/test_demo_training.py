@@ -239,5 +239,6 @@ def test_reproduce_export_is_all_or_nothing(tmp_path):
         (work / sub / "config.json").write_text(sub)
     out = reproduce.export(work, tmp_path / "weights", {"vae": {"seconds": 1.0}})
     assert sorted(p.name for p in out.iterdir()) == sorted([*reproduce.COMPONENTS, "DEMO.json"])
-    assert (out / "stage2" / "config.json").read_text() == "stage2/model"
+    # the last Stage II phase is what ships as stage2/
+    assert (out / "stage2" / "config.json").read_text() == "stage2_rollout/model"
     assert json.loads((out / "DEMO.json").read_text())["steps"]["vae"]["seconds"] == 1.0

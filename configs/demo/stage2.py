@@ -9,8 +9,9 @@ Windows: the anchor (input image), N=1 neighbour and M=1 noisy block, 3 x 128 to
 (the first segment: anchor + 2 noisy blocks). A 2x2 patch token carries 48 latent values
 (96 with z_ref): the first demo run's 4x4 patches of a z=48 latent (768 values through
 width 128) could not even pass z_ref through. Shipped run: 4500 steps, 45 min on 2 CPU
-cores, loss 1.7 -> 0.13; on held-out clips it ties bicubic with Stage I's output and stays
-below the decoded z_ref it is given (README "Demo models").
+cores, loss 1.7 -> 0.13. This is phase 1 of 3: on held-out clips it tied bicubic with Stage
+I's output and drifted below the decoded z_ref it is given, so stage2_neighbours.py and
+stage2_rollout.py fine-tune it on noised and self-generated neighbours (README "Demo models").
 """
 
 import ml_collections
