@@ -398,6 +398,8 @@ def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
     # The output folder is not overwritten by accident; a Stage I-style model is refused.
     assert rollout.main(argv + ["--out", str(tmp_path / "out")]) == 1
     assert "not empty" in capsys.readouterr().err
+    assert rollout.main(argv + ["--out", str(tmp_path / "data"), "--overwrite"]) == 1
+    assert "must differ" in capsys.readouterr().err
     plain_dict = dit_configs.get_config("tiny")
     plain_params = init_params(DiTConfig.from_dict(plain_dict), jax.random.key(0))
     checkpoints.save(tmp_path / "plain", "dit", plain_dict.to_dict(), plain_params)

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,8 @@ def generate_clip(params, model_config, csg_config, denoiser, record, text_len, 
 def rollout(
     data_dir, stage2_dir, out_dir, *, preset="demo", seed=0, overwrite=False, progress=True
 ):
+    if Path(out_dir).resolve() == Path(data_dir).resolve():
+        raise ValueError(f"--out must differ from --data ({data_dir}): the input is kept")
     source = loader.array_record_source(data_dir)  # fails early without shards
     info = prepare.read_dataset_info(data_dir) or {}
     dtype = info.get("dtype", "float16")
