@@ -45,6 +45,7 @@ from swifti2v_jax.data import procedural, records
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 from swifti2v_jax.demo.dataset import TextEncoder, caption
 from swifti2v_jax.eval import metrics
+from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.sampling import csg, reference, stage1
@@ -267,7 +268,7 @@ def run(
     start = time.time()
     sample_config = sample_configs.get_config("demo")
     if height is None or width is None:
-        width, height = (int(side) for side in sample_config.resolution.split("x"))
+        width, height = image_io.parse_size(sample_config.resolution)
     pipeline_config = PipelineConfig.from_config(sample_config)
     models = DemoModels(Path(weights), pipeline_config.text_len)
     num_blocks = vae.num_latent_frames(models.vae_config, frames)
