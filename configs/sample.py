@@ -1,6 +1,6 @@
 """sample.py settings: `get_config(preset)` with preset one of
 
-  demo               (default) the bundled demo models, 128x64, 17 frames; about 20 s on
+  demo               (default) the bundled demo models, 128x64, 17 frames; about 13 s on
                      2 CPU cores.
   swifti2v_2k        the paper's setting with public weights: Stage I = Wan2.2-I2V-A14B with the
                      Lightning 4-step LoRAs merged at conversion (640x352, 4 Euler steps,

@@ -63,7 +63,7 @@ def window_example(
     blocks, is_noisy = window.as_arrays()
     latents = np.asarray(record["latents"][blocks], np.float32)
     if generated_neighbours:
-        is_neighbour = ~is_noisy & (np.arange(len(blocks)) > 0)
+        is_neighbour = segments.neighbour_mask(is_noisy)
         own = np.asarray(record["generated"][blocks], np.float32)
         latents = np.where(is_neighbour[:, None, None, None], own, latents)
     return {

@@ -94,8 +94,9 @@ def window_model_input(
         model_input = latents
     else:
         raise ValueError(f"conditioning must be one of {CONDITIONING_MODES}, got {conditioning!r}")
-    is_anchor = jnp.arange(latents.shape[1]) == 0
-    context_t = jnp.where(is_anchor, 0.0, jnp.asarray(neighbour_timestep, jnp.float32))
+    context_t = jnp.where(
+        segments.neighbour_mask(is_noisy), jnp.asarray(neighbour_timestep, jnp.float32), 0.0
+    )
     per_block = jnp.where(is_noisy, jnp.asarray(timestep, jnp.float32), context_t)
     return model_input, jnp.broadcast_to(per_block, latents.shape[:2])
 
@@ -181,7 +182,7 @@ def noise_neighbours(window_latents, is_noisy, sigma: float, key, blocks) -> jax
     """
     block_shape = (window_latents.shape[0], *window_latents.shape[2:])
     noise = block_noise(jax.random.fold_in(key, NEIGHBOUR_NOISE_STREAM), blocks, block_shape)
-    is_neighbour = ~is_noisy & (np.arange(len(blocks)) > 0)
+    is_neighbour = segments.neighbour_mask(is_noisy)
     noised = (1.0 - sigma) * window_latents + sigma * noise
     return jnp.where(is_neighbour[None, :, None, None, None], noised, window_latents)
 

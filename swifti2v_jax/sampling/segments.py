@@ -42,6 +42,12 @@ class Window:
         return np.asarray(self.blocks, np.int32), np.asarray(self.is_noisy, bool)
 
 
+def neighbour_mask(is_noisy):
+    """[..., W] bool: the neighbour slots of a window, i.e. context blocks but the anchor,
+    which is always window slot 0. numpy in, numpy out; jax arrays work the same."""
+    return ~is_noisy & (np.arange(is_noisy.shape[-1]) > 0)
+
+
 def validate(num_blocks: int, noisy: int, neighbours: int) -> None:
     if num_blocks < 2:
         raise ValueError(f"CSG needs at least 2 latent blocks (anchor + 1), got {num_blocks}")

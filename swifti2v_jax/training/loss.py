@@ -29,7 +29,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from swifti2v_jax.sampling import csg
+from swifti2v_jax.sampling import csg, segments
 from swifti2v_jax.training import degradation
 
 CONDITIONING = ("concat", "none")
@@ -169,9 +169,9 @@ def squared_error_sum(apply_fn, params, batch, example_keys, config: LossConfig)
     s = noise.s[:, None, None, None, None]
     a = noise.neighbour_sigma[:, None, None, None, None]
     block_is_noisy = is_noisy[:, :, None, None, None]
+    block_is_neighbour = segments.neighbour_mask(is_noisy)[:, :, None, None, None]
     # Noisy and neighbour blocks are distinct blocks: one eps tensor serves both.
-    x_context = (1.0 - a) * x0 + a * noise.eps
-    x_context = x_context.at[:, 0].set(x0[:, 0])  # window slot 0 is the anchor: always clean
+    x_context = jnp.where(block_is_neighbour, (1.0 - a) * x0 + a * noise.eps, x0)
     x_s = jnp.where(block_is_noisy, (1.0 - s) * x0 + s * noise.eps, x_context)
 
     conditioning = "concat" if config.conditioning == "concat" else "refine"
