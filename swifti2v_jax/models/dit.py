@@ -20,12 +20,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
-from swifti2v_jax.models import layers
+from swifti2v_jax.models import layers, partitioning
 
+# Rematerialisation of each DiT block in training (configs/stage2.py `model_overrides.remat`):
+#   none       save every activation (small models only);
+#   full       save only the block input (the fp32 residual stream, one per layer) and recompute
+#              the block in the backward: the least memory;
+#   attention  also save each block's self-attention output (bf16, as computed, so exact):
+#              the backward skips recomputing the attention forward, +dim x 2 bytes per token
+#              per layer;
+#   dots       save every matmul output without batch dims (XLA's default trade-off).
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
+    "attention": jax.checkpoint_policies.save_only_these_names("self_attention_out"),
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
@@ -99,7 +109,7 @@ class WanAttention(nn.Module):
     config: DiTConfig
 
     @nn.compact
-    def __call__(self, x, source, rope=None, mask=None):
+    def __call__(self, x, source, rope=None, frame_mask=None, tokens_per_frame=1):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
         dense = lambda name: nn.Dense(cfg.dim, dtype=dtype, param_dtype=pdtype, name=name)
@@ -111,7 +121,12 @@ class WanAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-        out = layers.attention(q, k, v, mask=mask, backend=cfg.attention_backend)
+        out = layers.attention(
+            q, k, v, frame_mask=frame_mask, tokens_per_frame=tokens_per_frame,
+            backend=cfg.attention_backend,
+        )  # fmt: skip
+        if rope is not None:
+            out = checkpoint_name(out, "self_attention_out")
         return dense("o")(out.reshape(out.shape[:-2] + (cfg.dim,)))
 
 
@@ -121,7 +136,7 @@ class WanBlock(nn.Module):
     config: DiTConfig
 
     @nn.compact
-    def __call__(self, x, e0, context, rope, mask):
+    def __call__(self, x, e0, context, rope, frame_mask):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
         batch, frames, tokens, dim = x.shape
@@ -137,7 +152,8 @@ class WanBlock(nn.Module):
         h = layers.layer_norm(x, cfg.eps) * (1 + scale_msa) + shift_msa
         attn = WanAttention(cfg, name="self_attn")
         h = flat(h.astype(dtype))
-        x = x + unflat(attn(h, h, rope=rope, mask=mask)) * gate_msa
+        attended = attn(h, h, rope=rope, frame_mask=frame_mask, tokens_per_frame=tokens)
+        x = x + unflat(attended) * gate_msa
 
         h = flat(layers.AffineLayerNorm(cfg.eps, name="norm3")(x).astype(dtype))
         x = x + unflat(WanAttention(cfg, name="cross_attn")(h, context))
@@ -148,7 +164,7 @@ class WanBlock(nn.Module):
             nn.gelu(h, approximate=True)
         )
         x = x + h.astype(jnp.float32) * gate_ffn
-        return x, None
+        return x
 
 
 class WanDiT(nn.Module):
@@ -219,7 +235,7 @@ class WanDiT(nn.Module):
         angles = layers.rope_angles(positions, grid[1:], cfg.head_dim, cfg.rope_theta)
         rope = (jnp.cos(angles), jnp.sin(angles))
 
-        mask = None
+        frame_mask = None
         if attention_mask is not None:
             if attention_mask.shape != (batch, frames, frames):
                 raise ValueError(
@@ -227,20 +243,14 @@ class WanDiT(nn.Module):
                     f"got {attention_mask.shape}"
                 )
             frame_mask = attention_mask[:, ::pt, ::pt].astype(bool)
-            mask = layers.frame_mask_to_token_mask(frame_mask, tokens_per_frame)
 
-        block = WanBlock
-        if cfg.remat != "none":
-            block = nn.remat(block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
-        blocks = nn.scan(
-            block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            unroll=1 if cfg.scan_layers else cfg.num_layers,
-        )
-        x, _ = blocks(cfg, name="blocks")(x, e0, text, rope, mask)
+        def init_blocks(rng):  # the same stacked layout nn.scan produced
+            keys = jax.random.split(rng, cfg.num_layers)
+            one = lambda key: WanBlock(cfg, parent=None).init(key, x, e0, text, rope, frame_mask)
+            return jax.vmap(one)(keys)["params"]
+
+        stacked = self.param("blocks", init_blocks)
+        x = apply_blocks(cfg, stacked, partitioning.constrain_batch(x), e0, text, rope, frame_mask)
 
         # Head: modulated LayerNorm (shift, scale from the time MLP output e) and a linear, fp32.
         head_table = self.param(
@@ -255,6 +265,34 @@ class WanDiT(nn.Module):
         out = out.reshape(batch, grid[0], grid[1], grid[2], pt, ph, pw, cfg.out_dim)
         out = out.transpose(0, 1, 4, 2, 5, 3, 6, 7)
         return out.reshape(batch, frames, height, width, cfg.out_dim)
+
+
+def apply_blocks(cfg: DiTConfig, stacked, x, e0, text, rope, frame_mask):
+    """The layer stack: one WanBlock applied to stacked parameters by `lax.scan`.
+
+    The parameters live under 'blocks' with a leading layer axis. Each iteration casts its
+    layer's matmul kernels to the compute dtype before use, so under FSDP the per-layer
+    all-gather inside the loop moves bf16, and autodiff's transpose reduce-scatters that
+    layer's gradient inside the backward loop: per-chip memory never holds the whole
+    gathered stack (docs/sharding.md).
+    """
+    dtype = jnp.dtype(cfg.compute_dtype)
+
+    def body(h, layer):
+        h = partitioning.constrain_batch(h)
+        layer = jax.tree_util.tree_map_with_path(
+            lambda path, p: p.astype(dtype) if path[-1].key == "kernel" else p, layer
+        )
+        out = WanBlock(cfg, parent=None).apply({"params": layer}, h, e0, text, rope, frame_mask)
+        return out, None
+
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    if cfg.scan_layers:
+        return jax.lax.scan(body, x, stacked)[0]
+    for i in range(cfg.num_layers):
+        x, _ = body(x, jax.tree.map(lambda p, i=i: p[i], stacked))
+    return x
 
 
 def init_params(config: DiTConfig, rng, latent_shape=(1, 1, 2, 2), text_len: int = 8):

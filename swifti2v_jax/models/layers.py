@@ -13,6 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from swifti2v_jax.models import partitioning
+from swifti2v_jax.models.chunked_attention import chunked_attention
 
 ATTENTION_BACKENDS = ("xla", "chunked", "cudnn", "splash")
 
@@ -124,94 +128,51 @@ def attention(
     v: jax.Array,
     *,
     mask: jax.Array | None = None,
+    frame_mask: jax.Array | None = None,
+    tokens_per_frame: int = 1,
     backend: str = "xla",
 ) -> jax.Array:
     """Scaled dot-product attention, q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 
-    mask: optional boolean [B, 1, Lq, Lk], True where a query may attend a key.
+    mask: optional boolean token mask [B, 1, Lq, Lk], True where a query may attend a key.
+    frame_mask: optional boolean [B, Fq, Fk] frame mask instead (token i is in frame
+    i // tokens_per_frame); every backend but `xla` applies it block by block (chunked) and
+    never materialises [Lq, Lk]. Splash takes no per-example dynamic mask, so masked splash
+    calls (anchor dropout, read-only CSG) run the chunked kernel.
     """
-    if backend == "xla":
+    if mask is not None and frame_mask is not None:
+        raise ValueError("pass a token mask or a frame mask, not both")
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "xla" or mask is not None:  # token masks: the reference path
+        if frame_mask is not None:
+            mask = frame_mask_to_token_mask(frame_mask.astype(bool), tokens_per_frame)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-    if backend == "chunked":
-        if mask is not None:  # the block mask is an ablation path; keep it on the reference
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-        return chunked_attention(q, k, v)
+    if backend == "chunked" or frame_mask is not None:
+        return chunked_attention(q, k, v, frame_mask, tokens_per_frame)
     if backend == "cudnn":
-        if mask is not None:  # cuDNN flash takes no arbitrary masks; the ablation uses XLA
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
         dtype = q.dtype
         if dtype not in (jnp.bfloat16, jnp.float16):
             q, k, v = (t.astype(jnp.bfloat16) for t in (q, k, v))
         out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
         return out.astype(dtype)
-    if backend == "splash":
-        if mask is not None:
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-        return _splash_attention(q, k, v)
-    raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    return _sharded_splash(q, k, v)
 
 
-def _even_block(length: int, target: int) -> int:
-    """A block size near `target` that splits `length` into equal blocks (little padding)."""
-    blocks = -(-length // target)
-    size = -(-length // blocks)
-    return min(-(-size // 8) * 8, max(length, 1)) if length > 8 else length
+def _sharded_splash(q, k, v):
+    """Splash inside a sharded step: its own `shard_map` over the batch axes.
 
-
-def chunked_attention(q, k, v, block_q: int = 1024, block_k: int = 1024):
-    """Memory-efficient attention in plain XLA: query blocks x key blocks with online softmax.
-
-    Never materialises the [heads, Lq, Lk] score matrix (1 TB at TI2V-5B 2K end-to-end), so
-    long sequences fit and stay cache-friendly on CPU; numerically the same softmax in fp32.
+    A Pallas kernel is opaque to GSPMD (it would be replicated), so it runs per batch shard.
+    check_vma=False is safe here: this shard_map holds no parameters, only activations split
+    over the batch, so no gradient-reduction rule goes through it (training/step.py).
     """
-    batch, len_q, heads, head_dim = q.shape
-    len_k = k.shape[1]
-    block_q, block_k = _even_block(len_q, block_q), _even_block(len_k, block_k)
-    pad_q, pad_k = (-len_q) % block_q, (-len_k) % block_k
-    dtype = q.dtype
-    q = jnp.pad(q, ((0, 0), (0, pad_q), (0, 0), (0, 0))) * jnp.asarray(head_dim**-0.5, dtype)
-    k = jnp.pad(k, ((0, 0), (0, pad_k), (0, 0), (0, 0)))
-    v = jnp.pad(v, ((0, 0), (0, pad_k), (0, 0), (0, 0)))
-    num_q, num_k = (len_q + pad_q) // block_q, (len_k + pad_k) // block_k
-    q_blocks = q.reshape(batch, num_q, block_q, heads, head_dim).transpose(1, 0, 3, 2, 4)
-    k_blocks = k.reshape(batch, num_k, block_k, heads, head_dim).transpose(1, 0, 3, 2, 4)
-    v_blocks = v.reshape(batch, num_k, block_k, heads, head_dim).transpose(1, 0, 3, 2, 4)
-    key_valid = (jnp.arange(num_k * block_k) < len_k).reshape(num_k, block_k)
-
-    def one_query_block(q_block):  # [B, H, bq, D]
-        def visit_key_block(carry, inputs):
-            running_max, normaliser, acc = carry
-            k_block, v_block, valid = inputs
-            scores = jnp.einsum(
-                "bhqd,bhkd->bhqk", q_block, k_block, preferred_element_type=jnp.float32
-            )
-            scores = jnp.where(valid, scores, -jnp.inf)
-            new_max = jnp.maximum(running_max, scores.max(axis=-1))
-            probs = jnp.exp(scores - new_max[..., None])
-            correction = jnp.exp(running_max - new_max)
-            normaliser = normaliser * correction + probs.sum(axis=-1)
-            acc = acc * correction[..., None] + jnp.einsum(
-                "bhqk,bhkd->bhqd", probs.astype(v_block.dtype), v_block,
-                preferred_element_type=jnp.float32,
-            )  # fmt: skip
-            return (new_max, normaliser, acc), None
-
-        # The first key block always holds a valid key, so -inf never survives the max. The
-        # carry is built *_like the query so it is device-varying inside shard_map.
-        row = q_block[..., 0]
-        init = (
-            jnp.full_like(row, -jnp.inf, dtype=jnp.float32),
-            jnp.zeros_like(row, dtype=jnp.float32),
-            jnp.zeros_like(q_block, dtype=jnp.float32),
-        )
-        (_, normaliser, acc), _ = jax.lax.scan(
-            visit_key_block, init, (k_blocks, v_blocks, key_valid)
-        )
-        return (acc / normaliser[..., None]).astype(dtype)
-
-    out = jax.lax.map(one_query_block, q_blocks)  # [nq, B, H, bq, D]
-    out = out.transpose(1, 0, 3, 2, 4).reshape(batch, num_q * block_q, heads, head_dim)
-    return out[:, :len_q]
+    axes = partitioning.batch_axes(q.shape[0])
+    if axes is None:
+        return _splash_attention(q, k, v)
+    spec = P(axes)
+    return jax.shard_map(
+        _splash_attention, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
+    )(q, k, v)
 
 
 def _splash_attention(q, k, v, block: int = 512):
