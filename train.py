@@ -43,14 +43,17 @@ def train(config, workdir: Path) -> int:
     experiment.check_init(config)
     if config.num_steps < 1 or config.log_every < 1 or config.checkpoint.every < 1:
         raise ValueError("num_steps, log_every and checkpoint.every must be >= 1")
-    mesh = sharding.make_mesh(config.mesh.num_devices)
+    mesh = sharding.make_mesh(
+        config.mesh.num_devices, config.mesh.fsdp, config.mesh.get("data_size", 1)
+    )
     per_host_batch = experiment.check_batch(config, mesh)
+    batch_size = experiment.global_batch_size(config, mesh)
     source, data_info = experiment.make_source(config)
     experiment.check_data_against_model(data_info, model_config, config)
     experiment.check_windows(config, data_info)
     logging.info(
         "mesh %s (fsdp=%s), global batch %d, %d process(es)",
-        dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_count(),
+        dict(mesh.shape), config.mesh.fsdp, batch_size, jax.process_count(),
     )  # fmt: skip
 
     # --- state layout, then restore or initialise
@@ -101,7 +104,7 @@ def train(config, workdir: Path) -> int:
     )
     writer = metrics.MetricsWriter(workdir)
     watcher = checkpointing.PreemptionWatcher(checkpointer, multi_host=jax.process_count() > 1)
-    tokens = experiment.tokens_per_example(data_info, model_config, config) * config.batch_size
+    tokens = experiment.tokens_per_example(data_info, model_config, config) * batch_size
     last_time, last_step = time.time(), step
 
     # --- the loop
@@ -119,7 +122,7 @@ def train(config, workdir: Path) -> int:
                     "loss": values["loss"],
                     "grad_norm": values["grad_norm"],
                     "learning_rate": schedule(step - 1),
-                    "samples_per_sec": steps_done * config.batch_size / elapsed,
+                    "samples_per_sec": steps_done * batch_size / elapsed,
                     "tokens_per_sec": steps_done * tokens / elapsed,
                 },
             )

@@ -46,6 +46,7 @@ def tiny() -> ml_collections.ConfigDict:
     tiny_stage2 = stage2.get_config("tiny")
     config.model = "tiny"
     config.model_overrides.attention_backend = "xla"
+    config.model_overrides.remat = "none"
     config.allow_random_init = True
     config.text_len = tiny_stage2.text_len
     config.data = tiny_stage2.data

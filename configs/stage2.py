@@ -22,8 +22,12 @@ def _base() -> ml_collections.ConfigDict:
     config.model = "ti2v_5b_concat"
     config.model_overrides = ml_collections.ConfigDict(
         dict(
-            remat=config_dict.placeholder(str),
-            attention_backend=config_dict.placeholder(str),
+            # The preset (configs/dit.py) says remat 'none' and chunked attention, for sampling.
+            # Training a 2K window needs remat (models/dit.py REMAT_POLICIES: 'full' fits
+            # v5e-64 and v6e-16, docs/sharding.md) and, on TPU, splash attention; on GPU/CPU
+            # set attention_backend='cudnn' / 'chunked' (bounded memory backward too).
+            remat="full",
+            attention_backend="splash",
             compute_dtype=config_dict.placeholder(str),
             scan_layers=config_dict.placeholder(bool),
         )
@@ -74,7 +78,10 @@ def _base() -> ml_collections.ConfigDict:
             ema_decay=0.9999,
         )
     )
-    config.batch_size = 64  # global, over all devices and hosts
+    # Global batch over all devices and hosts; -1: `batch_per_device` windows per device
+    # (one 17,600-token 2K window per chip is what the memory budget in docs/sharding.md fits).
+    config.batch_size = -1
+    config.batch_per_device = 1
     config.num_steps = 20_000
 
     # Data: a folder of shards from swifti2v_jax.data.prepare, or a dataset prepared by the
@@ -103,8 +110,12 @@ def _base() -> ml_collections.ConfigDict:
 
     config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, use_async=True))
     config.log_every = 20
-    # One 'data' axis over all devices (-1); FSDP shards params, Adam moments and EMA over it.
-    config.mesh = ml_collections.ConfigDict(dict(num_devices=-1, fsdp=True, fsdp_min_size=2**16))
+    # A ('data', 'fsdp') mesh over num_devices (-1: all). fsdp=True: data_size replicas of an
+    # FSDP group of the other devices (params, Adam moments, EMA split over it); fsdp=False:
+    # all devices data-parallel. The batch is split over both axes (training/sharding.py).
+    config.mesh = ml_collections.ConfigDict(
+        dict(num_devices=-1, fsdp=True, data_size=1, fsdp_min_size=2**16)
+    )
     config.distributed = False  # True: jax.distributed.initialize() (multi-host)
     return config
 
@@ -114,6 +125,7 @@ def tiny() -> ml_collections.ConfigDict:
     config = _base()
     config.model = "tiny_concat"
     config.model_overrides.attention_backend = "xla"  # 16-token windows: plain attention
+    config.model_overrides.remat = "none"
     config.allow_random_init = True
     config.csg.noisy_blocks = 2
     config.csg.neighbours = 1

@@ -106,7 +106,7 @@ def test_data_parallel_and_fsdp_match_one_device(parallel_result):
     FSDP bit-identical to data-parallel, the direct global-batch loss and gradient norm (plain
     jax.grad, no shard_map) equal to the 1- and 8-device ones to 2e-7."""
     result = parallel_result
-    _assert_equivalent(result, ["dp8", "fsdp8"])
+    _assert_equivalent(result, ["dp8", "fsdp8", "mesh2x4"])
     assert result["param_diff_fsdp8_vs_dp8"] < 1e-6
     # Against jax.grad of the global-batch mean without shard_map: not 8x, not 1/8x.
     np.testing.assert_allclose(result["loss_1"][0], result["reference_loss"], rtol=1e-5)
@@ -357,10 +357,12 @@ def test_lora_starts_at_the_backbone_and_merges_low_rank():
 
 
 def test_fsdp_spec_rule():
-    assert sharding.fsdp_spec((30, 3072, 14336), 8, 1) == jax.sharding.PartitionSpec(
-        None, None, "data"
-    )
-    assert sharding.fsdp_spec((30, 3072), 8, 1) == jax.sharding.PartitionSpec(None, "data")
+    P = jax.sharding.PartitionSpec
+    assert sharding.fsdp_spec((30, 3072, 14336), 8, 1) == P(None, None, "fsdp")
+    assert sharding.fsdp_spec((30, 3072), 8, 1) == P(None, "fsdp")
+    assert sharding.fsdp_spec((32, 24), 8, 1) == P("fsdp", None)
+    assert sharding.fsdp_spec((32, 24), 8, 1, skip=1) == P(None, "fsdp")  # never the layer axis
+    assert sharding.fsdp_spec((32, 6), 8, 1, skip=1) == P()
     assert sharding.fsdp_spec((7, 5), 8, 1) == jax.sharding.PartitionSpec()  # nothing divides
     assert sharding.fsdp_spec((64,), 8, 1000) == jax.sharding.PartitionSpec()  # too small
     assert sharding.fsdp_spec((64,), 1, 1) == jax.sharding.PartitionSpec()

@@ -15,6 +15,9 @@ def dit_training(model: str, num_steps: int) -> ml_collections.ConfigDict:
     config = stage2.get_config("ti2v_5b")
     config.model = model
     config.allow_random_init = True
+    # The presets' own remat/attention (the stage2 TPU defaults, splash + remat, are for 2K).
+    config.model_overrides.remat = None
+    config.model_overrides.attention_backend = None
     config.text_len = TEXT_LEN
     config.optimizer.learning_rate = 5e-4
     config.optimizer.warmup_steps = 100

@@ -2,7 +2,8 @@
 
 Config layout (configs/stage2.py, configs/stage1_lora.py): `model` (a configs/dit.py preset)
 + `model_overrides`, `init_checkpoint`, `lora`, `loss`, `csg`, `optimizer`, `data`, `mesh`,
-`checkpoint`, `batch_size` (global), `num_steps`, `text_len`, `seed`, `log_every`.
+`checkpoint`, `batch_size` (global; -1: `batch_per_device` x devices), `num_steps`,
+`text_len`, `seed`, `log_every`.
 """
 
 from __future__ import annotations
@@ -217,7 +218,20 @@ def place(tree, specs, mesh):
     return jax.tree.map(one, tree, specs)
 
 
-def check_batch(config, mesh) -> int:
+def global_batch_size(config, mesh) -> int:
+    """`batch_size` (global), or with batch_size = -1, `batch_per_device` x the mesh size."""
+    if config.batch_size == -1:
+        per_device = config.get("batch_per_device", 1)
+        if per_device < 1:
+            raise ValueError(f"batch_per_device must be >= 1, got {per_device}")
+        return per_device * mesh.size
     if config.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
-    return sharding.check_batch_size(config.batch_size, mesh)
+        raise ValueError(
+            f"batch_size must be >= 1 (or -1: batch_per_device), got {config.batch_size}"
+        )
+    return config.batch_size
+
+
+def check_batch(config, mesh) -> int:
+    """-> the per-host batch size (the global batch must split over devices and hosts)."""
+    return sharding.check_batch_size(global_batch_size(config, mesh), mesh)

@@ -1,8 +1,8 @@
 """AdamW with linear warmup + cosine decay; clipping and EMA are done by the step.
 
-Gradient clipping is not an optax stage here: under FSDP each device holds a slice of the
-gradient, so the global norm needs a psum that optax's `clip_by_global_norm` cannot do. The
-step computes the norm (sharding.global_sum_of_squares) and scales the gradient itself.
+Gradient clipping is not an optax stage here: the steps compute the global norm themselves
+(the DiT step: optax.global_norm of the sharded gradients inside its jit, which GSPMD reduces
+over the mesh) and share one update rule, state.apply_gradients.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The device mesh, FSDP parameter layout and global batches.
+"""The device mesh, the FSDP parameter layout and global batches.
 
-One mesh axis, 'data'. The train step runs under `jax.shard_map` over it: each device sees its
-slice of the global batch. Parameters are either replicated (plain data parallelism) or, with
-FSDP, split along one axis over 'data' (the largest axis the device count divides; small
-leaves stay replicated) and gathered inside the step. Optimizer moments and EMA follow their
-parameter's layout, so the per-device memory for params + Adam + EMA drops by the mesh size.
+A 2-D mesh ('data', 'fsdp') (names in models/partitioning.py). The train step is one
+`jax.jit` over it (GSPMD, training/step.py): the batch is split over both axes; parameters,
+Adam moments and EMA are split over 'fsdp' along one axis (the largest the axis size divides,
+never the layer axis of the stacked DiT blocks; small leaves stay replicated) and replicated
+over 'data'. Per-chip memory for params + Adam + EMA is 16 bytes x params / fsdp size.
 """
 
 from __future__ import annotations
@@ -14,82 +14,68 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA = "data"
+from swifti2v_jax.models.partitioning import BATCH_AXES, DATA, FSDP
+
+__all__ = ["BATCH_AXES", "DATA", "FSDP"]
+
+# Leaves under these keys carry a leading layer axis (the scanned DiT stack): FSDP never
+# splits it, so each scan iteration gathers one layer, not a slice of every layer.
+STACKED_KEYS = ("blocks",)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D 'data' mesh over the first `num_devices` devices (all of them by default).
+def make_mesh(num_devices: int | None = None, fsdp: bool = False, data_size: int = 1) -> Mesh:
+    """A ('data', 'fsdp') mesh over the first `num_devices` devices (all by default).
 
-    The axis is Auto, not jax 0.10's default Explicit: the step is a shard_map anyway, and
-    Auto keeps plain indexing of the (possibly sharded) state outside it working.
+    fsdp=False: every device on 'data' (plain data parallelism). fsdp=True: `data_size`
+    replicas of an FSDP group of the remaining devices (data_size=1: one FSDP group of all).
+    Axes are Auto (GSPMD propagates shardings), not jax 0.10's default Explicit.
     """
     devices = jax.devices()
     count = len(devices) if num_devices in (None, -1, 0) else int(num_devices)
     if not 1 <= count <= len(devices):
         raise ValueError(f"mesh wants {count} devices, {len(devices)} are available")
+    if fsdp and (data_size < 1 or count % data_size):
+        raise ValueError(f"mesh.data_size {data_size} must divide the {count} devices")
+    shape = (data_size, count // data_size) if fsdp else (count, 1)
     return jax.make_mesh(
-        (count,), (DATA,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:count]
+        shape, (DATA, FSDP), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices[:count]
     )
 
 
-def fsdp_spec(shape: tuple[int, ...], axis_size: int, min_size: int) -> P:
-    """Shards the largest axis that `axis_size` divides; replicated below `min_size` elements."""
+def fsdp_spec(shape: tuple[int, ...], axis_size: int, min_size: int, skip: int = 0) -> P:
+    """Shards the largest axis (from `skip` on) that `axis_size` divides over 'fsdp';
+    replicated below `min_size` elements or when nothing divides."""
     if axis_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
-    candidates = [(size, i) for i, size in enumerate(shape) if size % axis_size == 0]
+    candidates = [(size, i) for i, size in enumerate(shape) if i >= skip and size % axis_size == 0]
     if not candidates:
         return P()
     _, axis = max(candidates, key=lambda c: (c[0], -c[1]))
     spec = [None] * len(shape)
-    spec[axis] = DATA
+    spec[axis] = FSDP
     return P(*spec)
+
+
+def _is_stacked(path) -> bool:
+    return any(getattr(key, "key", None) in STACKED_KEYS for key in path)
 
 
 def tree_specs(tree, mesh: Mesh, fsdp: bool, min_size: int = 2**12):
     """PartitionSpecs for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
-    axis_size = mesh.shape[DATA]
+    axis_size = mesh.shape[FSDP]
     if not fsdp:
         return jax.tree.map(lambda _: P(), tree)
-    return jax.tree.map(lambda x: fsdp_spec(tuple(x.shape), axis_size, min_size), tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: fsdp_spec(tuple(x.shape), axis_size, min_size, int(_is_stacked(path))),
+        tree,
+    )
 
 
 def sharded_axis(spec: P) -> int | None:
     for axis, name in enumerate(spec):
-        if name == DATA:
+        if name == FSDP:
             return axis
     return None
-
-
-def gather(tree, specs):
-    """Inside shard_map: all-gathers FSDP-sharded leaves back to full arrays.
-
-    The transpose of this all_gather is a reduce-scatter, so gradients taken through it come
-    back as this device's shard of the gradient summed over devices.
-    """
-
-    def one(x, spec):
-        axis = sharded_axis(spec)
-        return x if axis is None else jax.lax.all_gather(x, DATA, axis=axis, tiled=True)
-
-    return jax.tree.map(one, tree, specs)
-
-
-def global_sum_of_squares(tree, specs):
-    """Inside shard_map: sum of squares of a tree whose leaves are sharded per `specs`.
-
-    Sharded leaves hold disjoint slices (psum their local sums); replicated leaves already hold
-    the whole value (count them once).
-    """
-    sharded, replicated = 0.0, 0.0
-    for x, spec in zip(jax.tree.leaves(tree), jax.tree.leaves(specs)):
-        local = jax.numpy.sum(jax.numpy.square(x.astype(jax.numpy.float32)))
-        if sharded_axis(spec) is None:
-            replicated = replicated + local
-        else:
-            sharded = sharded + local
-    if not isinstance(sharded, float):
-        sharded = jax.lax.psum(sharded, DATA)
-    return sharded + replicated
 
 
 def shardings(specs, mesh: Mesh):
@@ -102,7 +88,8 @@ def put(tree, specs, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA))
+    """Leading batch axis split over ('data', 'fsdp'), the rest of each array local."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
@@ -120,10 +107,10 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """-> the per-host batch size; the global batch must split evenly over devices and hosts."""
-    devices = mesh.shape[DATA]
+    devices = mesh.size
     if global_batch_size % devices:
         raise ValueError(
             f"batch_size {global_batch_size} must be a multiple of the {devices} devices of the "
-            f"'data' mesh axis"
+            f"mesh (the batch is split over 'data' x 'fsdp')"
         )
     return global_batch_size // jax.process_count()

@@ -1,12 +1,14 @@
-"""One optimizer step, data-parallel under `jax.shard_map` over the 'data' mesh axis.
+"""One optimizer step: a `jax.jit` over the ('data', 'fsdp') mesh (GSPMD).
 
-Gradient reduction (checked on jax 0.10.2, DESIGN.md): inside shard_map the gradient of a
-device-local loss with respect to a replicated parameter comes back already summed over the
-axis, and through an FSDP all_gather it comes back reduce-scattered (summed, then sliced). So
-the local loss is the local squared-error sum divided by the GLOBAL element count: the summed
-gradient is then exactly the gradient of the global mean, and no pmean is added on top (that
-would multiply it by the device count). tests/training_parallel_check.py proves 8 devices ==
-1 device.
+Gradient rule: the loss is the mean over the noisy-block elements of the WHOLE global batch
+(sum of squared errors / global element count), and the gradient is `jax.grad` of exactly
+that function of the global arrays. XLA's partitioner inserts the reductions (a reduce-scatter
+for FSDP-sharded parameters, an all-reduce over 'data' for replicas); there is no psum or
+pmean written by hand to get wrong. tests/training_parallel_check.py proves 8 devices (data
+parallel and FSDP) == 1 device == `jax.grad` without a mesh.
+
+Splash attention is the one manual region: its own `shard_map` over the batch, holding only
+activations (models/layers.py), so it adds no gradient rule. docs/sharding.md has the layout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from swifti2v_jax.models import dit
@@ -30,12 +33,10 @@ def identity_compose(trainable, frozen):
     return trainable
 
 
-def example_keys(state: TrainState, local_batch: int) -> jax.Array:
+def example_keys(state: TrainState, batch_size: int) -> jax.Array:
     """One key per example from its index in the global batch (device-count independent)."""
     step_key = jax.random.fold_in(state.rng, state.step)
-    first = jax.lax.axis_index(sharding.DATA) * local_batch
-    indices = first + jnp.arange(local_batch)
-    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(batch_size))
 
 
 def make_train_step(
@@ -53,41 +54,48 @@ def make_train_step(
     """-> jitted `step(state, batch, frozen) -> (state, {'loss', 'grad_norm'})`.
 
     `state` must be placed with `state_specs`, `frozen` (a frozen backbone, or {}) with
-    `frozen_specs`, and `batch` split over 'data' on its leading axis. `compose(trainable,
-    frozen)` builds the model parameters from the gathered trees (LoRA merge, or identity).
+    `frozen_specs`, and `batch` with `sharding.batch_sharding(mesh)`. `compose(trainable,
+    frozen)` builds the model parameters (LoRA merge, or identity). The state is donated.
     """
     model = dit.WanDiT(model_config)
-    param_specs = state_specs.params
     frozen_specs = {} if frozen_specs is None else frozen_specs
+    state_shardings = sharding.shardings(state_specs, mesh)
+    param_shardings = state_shardings.params
 
     def apply_fn(params, model_input, timesteps, context, positions, mask):
         return model.apply({"params": params}, model_input, timesteps, context, positions, mask)
 
-    def local_step(state: TrainState, batch, frozen):
-        keys = example_keys(state, batch["latents"].shape[0])
-        count = jax.lax.psum(loss_lib.noisy_element_count(batch), sharding.DATA)
-        frozen_full = sharding.gather(frozen, frozen_specs)
+    def step(state: TrainState, batch, frozen):
+        # The models read the mesh from here for sharding hints and splash's shard_map.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            keys = example_keys(state, batch["latents"].shape[0])
+            count = loss_lib.noisy_element_count(batch)
 
-        def loss_fn(trainable):
-            params = compose(sharding.gather(trainable, param_specs), frozen_full)
-            total = loss_lib.squared_error_sum(apply_fn, params, batch, keys, loss_config)
-            return total / count
+            def loss_fn(trainable):
+                params = compose(trainable, frozen)
+                total = loss_lib.squared_error_sum(apply_fn, params, batch, keys, loss_config)
+                return total / count
 
-        local_loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        grad_norm = jnp.sqrt(sharding.global_sum_of_squares(grads, param_specs))
-        new_state = state_lib.apply_gradients(
-            state, grads, grad_norm, optimizer, grad_clip, ema_decay
-        )
-        metrics = {"loss": jax.lax.psum(local_loss, sharding.DATA), "grad_norm": grad_norm}
-        return new_state, metrics
+            loss, grads = jax.value_and_grad(loss_fn)(state.params)
+            # Gradients in their parameter's layout: FSDP leaves come back reduce-scattered.
+            grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+            grad_norm = optax.global_norm(grads)
+            new_state = state_lib.apply_gradients(
+                state, grads, grad_norm, optimizer, grad_clip, ema_decay
+            )
+        return new_state, {"loss": loss, "grad_norm": grad_norm}
 
-    mapped = jax.shard_map(
-        local_step,
-        mesh=mesh,
-        in_specs=(state_specs, P(sharding.DATA), frozen_specs),
-        out_specs=(state_specs, P()),
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step,
+        in_shardings=(
+            state_shardings,
+            sharding.batch_sharding(mesh),
+            sharding.shardings(frozen_specs, mesh),
+        ),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
     )
-    return jax.jit(mapped, donate_argnums=(0,))
 
 
 def state_specs_for(abstract_state: TrainState, mesh, fsdp: bool, min_size: int) -> TrainState:
