@@ -1,0 +1,1 @@
+"""Ahead-of-time TPU compiles of every production program (see __main__.py)."""
