@@ -1,10 +1,14 @@
 """python -m conversion --source DIR --output DIR [--dtype bf16|fp32] [--only dit,vae,t5]
+    [--quantize int8|fp8]
 
 Converts every component found in a Wan2.2 checkpoint directory (original release layout or
 diffusers layout, detected automatically) into swifti2v-jax model directories:
 
     OUTPUT/dit/  (TI2V-5B)   or  OUTPUT/high_noise/, OUTPUT/low_noise/  (A14B experts)
     OUTPUT/vae/  OUTPUT/t5/  OUTPUT/tokenizer/
+
+--quantize stores the DiT blocks' linear kernels as int8 or fp8 with per-output-channel scales
+(swifti2v_jax/models/quant.py); everything else keeps --dtype.
 
 Nothing is written unless every component converts: the work happens in a temporary directory
 that is renamed to OUTPUT at the end.
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 from conversion.common import DTYPES, ConversionError
+from swifti2v_jax.models import quant
 
 COMPONENTS = ("dit", "vae", "t5")
 
@@ -44,6 +49,7 @@ def convert(
     lora: list[Path] = (),
     lora_scale: float = 1.0,
     log=print,
+    quantize: str = "native",
 ) -> list[str]:
     source, output = Path(source), Path(output)
     if not source.is_dir():
@@ -52,6 +58,8 @@ def convert(
         raise ConversionError(f"--output {output} already exists; remove it or pick a new path")
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if quantize not in quant.WEIGHT_FORMATS:
+        raise ConversionError(f"--quantize must be one of {quant.WEIGHT_FORMATS}, got {quantize!r}")
     unknown = set(only) - set(COMPONENTS)
     if unknown:
         raise ConversionError(f"--only accepts {COMPONENTS}, got {sorted(unknown)}")
@@ -70,7 +78,10 @@ def convert(
     try:
         for job in jobs:
             start = time.perf_counter()
-            job.convert(tmp / job.name, dtype)
+            if job.quantizable:
+                job.convert(tmp / job.name, dtype, quantize=quantize)
+            else:
+                job.convert(tmp / job.name, dtype)
             seconds = time.perf_counter() - start
             log(f"converted {job.description} -> {output / job.name} ({seconds:.1f}s)")
         tmp.rename(output)
@@ -95,10 +106,19 @@ def main(argv=None) -> int:
         help="LoRA safetensors (lora_down/lora_up/alpha) merged into the DiT; repeatable",
     )
     parser.add_argument("--lora_scale", type=float, default=1.0)
+    parser.add_argument(
+        "--quantize",
+        default="native",
+        choices=quant.WEIGHT_FORMATS,
+        help="DiT block kernels as int8 / fp8 weight-only (default native: --dtype)",
+    )
     args = parser.parse_args(argv)
     only = tuple(c.strip() for c in args.only.split(",") if c.strip())
     try:
-        convert(args.source, args.output, args.dtype, only, args.lora, args.lora_scale)
+        convert(
+            args.source, args.output, args.dtype, only, args.lora, args.lora_scale,
+            quantize=args.quantize,
+        )  # fmt: skip
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ import numpy as np
 from conversion import common
 from conversion.jobs import Job
 from swifti2v_jax import checkpoints
+from swifti2v_jax.models import quant
 from swifti2v_jax.models.dit import DiTConfig
 
 # Parameters kept in fp32 whatever --dtype says (norms, modulation tables, time path, head).
@@ -339,7 +340,7 @@ def _job(name: str, directory: Path, diffusers: bool, loras, lora_scale: float) 
         for lora in loras.get(name, []) + loras.get("*", []):
             load_lora_deltas(lora, lora_scale, shapes)
 
-    def convert(out_dir: Path, dtype: str):
+    def convert(out_dir: Path, dtype: str, quantize: str = "native"):
         shapes = expected_shapes(config)
         deltas: dict[str, np.ndarray] = {}
         for lora in loras.get(name, []) + loras.get("*", []):
@@ -347,6 +348,7 @@ def _job(name: str, directory: Path, diffusers: bool, loras, lora_scale: float) 
                 deltas[key] = deltas.get(key, 0) + delta
         source = common.SafetensorsSource.from_dir(directory)
         params = convert_source(source, config, dtype, diffusers, deltas, what)
+        params = quant.quantize_params(params, quantize)  # blocks' kernels; the rest at dtype
         param_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
         config_out = config.replace(param_dtype=param_dtype).to_dict()
         checkpoints.write_model_dir(
@@ -357,6 +359,7 @@ def _job(name: str, directory: Path, diffusers: bool, loras, lora_scale: float) 
             source=str(directory),
             layout=layout,
             loras=[str(p) for p in loras.get(name, []) + loras.get("*", [])],
+            weights=quantize,
         )
 
     return Job(
@@ -364,6 +367,7 @@ def _job(name: str, directory: Path, diffusers: bool, loras, lora_scale: float) 
         f"DiT {directory.name or directory} ({layout}, {config.model_type})",
         validate,
         convert,
+        quantizable=True,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 
 
 @dataclasses.dataclass
@@ -19,4 +18,5 @@ class Job:
     name: str  # output subdirectory, e.g. "dit", "high_noise", "vae", "t5", "tokenizer"
     description: str
     validate: Callable[[], None]
-    convert: Callable[[Path, str], None]
+    convert: Callable[..., None]  # (out_dir: Path, dtype[, quantize=...] when quantizable)
+    quantizable: bool = False  # a DiT: accepts quantize='int8'|'fp8' (models/quant.py)

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from swifti2v_jax.models import quant
+
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
@@ -76,13 +78,28 @@ def read_metadata(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def load(path: str | os.PathLike, kind: str | None = None) -> tuple[dict, Any]:
-    """Returns (config dict, params pytree of numpy arrays) of a converted model directory."""
+def load(
+    path: str | os.PathLike, kind: str | None = None, quantize: str = "native"
+) -> tuple[dict, Any]:
+    """Returns (config dict, params pytree of numpy arrays) of a converted model directory.
+
+    quantize: 'int8' / 'fp8' quantizes a DiT's block kernels on the host as it loads
+    (models/quant.py), giving the same tree as a checkpoint converted with `--quantize`;
+    an already quantized checkpoint loads as it is when its format is the one asked for.
+    """
     path = Path(path).absolute()
     meta = read_metadata(path)
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, expected {kind!r}")
+    if quant.check_format(quantize) != "native" and meta.get("kind") != "dit":
+        raise CheckpointError(f"quantize={quantize!r} applies to DiT checkpoints, not {path}")
     checkpointer = ocp.StandardCheckpointer()
     params = checkpointer.restore(path / PARAMS_DIR)
     checkpointer.close()
-    return meta["config"], _to_numpy(params)
+    params = _to_numpy(params)
+    stored = quant.weight_format(params)
+    if quantize != "native" and stored != quantize:
+        if stored != "native":
+            raise CheckpointError(f"{path} holds {stored} weights; it cannot load as {quantize}")
+        params = quant.quantize_params(params, quantize)
+    return meta["config"], params

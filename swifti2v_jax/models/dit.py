@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from swifti2v_jax.models import layers, partitioning
+from swifti2v_jax.models import layers, partitioning, quant, streaming
 
 # Rematerialisation of each DiT block in training (configs/stage2.py `model_overrides.remat`):
 #   none       save every activation (small models only);
@@ -59,6 +59,9 @@ class DiTConfig:
     attention_backend: str = "chunked"
     scan_layers: bool = True
     remat: str = "none"
+    # Layer streaming (models/streaming.py): the stacked block weights stay in host memory and
+    # each layer is copied to the device inside the layer scan (a memory option for sampling).
+    stream_layers: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -112,7 +115,7 @@ class WanAttention(nn.Module):
     def __call__(self, x, source, rope=None, frame_mask=None, tokens_per_frame=1):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
-        dense = lambda name: nn.Dense(cfg.dim, dtype=dtype, param_dtype=pdtype, name=name)
+        dense = lambda name: quant.Dense(cfg.dim, dtype=dtype, param_dtype=pdtype, name=name)
         q = layers.RMSNorm(cfg.eps, name="norm_q")(dense("q")(x))
         k = layers.RMSNorm(cfg.eps, name="norm_k")(dense("k")(source))
         v = dense("v")(source)
@@ -159,8 +162,8 @@ class WanBlock(nn.Module):
         x = x + unflat(WanAttention(cfg, name="cross_attn")(h, context))
 
         h = layers.layer_norm(x, cfg.eps) * (1 + scale_ffn) + shift_ffn
-        h = nn.Dense(cfg.ffn_dim, dtype=dtype, param_dtype=pdtype, name="ffn_0")(h.astype(dtype))
-        h = nn.Dense(dim, dtype=dtype, param_dtype=pdtype, name="ffn_2")(
+        h = quant.Dense(cfg.ffn_dim, dtype=dtype, param_dtype=pdtype, name="ffn_0")(h.astype(dtype))
+        h = quant.Dense(dim, dtype=dtype, param_dtype=pdtype, name="ffn_2")(
             nn.gelu(h, approximate=True)
         )
         x = x + h.astype(jnp.float32) * gate_ffn
@@ -249,7 +252,12 @@ class WanDiT(nn.Module):
             one = lambda key: WanBlock(cfg, parent=None).init(key, x, e0, text, rope, frame_mask)
             return jax.vmap(one)(keys)["params"]
 
-        stacked = self.param("blocks", init_blocks)
+        # A quantized stack (models/quant.py) has other leaves than the initializer makes, so an
+        # existing stack is read as is (flax would compare it with the initializer's shapes).
+        if self.has_variable("params", "blocks"):
+            stacked = self.get_variable("params", "blocks")
+        else:
+            stacked = self.param("blocks", init_blocks)
         x = apply_blocks(cfg, stacked, partitioning.constrain_batch(x), e0, text, rope, frame_mask)
 
         # Head: modulated LayerNorm (shift, scale from the time MLP output e) and a linear, fp32.
@@ -274,12 +282,15 @@ def apply_blocks(cfg: DiTConfig, stacked, x, e0, text, rope, frame_mask):
     layer's matmul kernels to the compute dtype before use, so under FSDP the per-layer
     all-gather inside the loop moves bf16, and autodiff's transpose reduce-scatters that
     layer's gradient inside the backward loop: per-chip memory never holds the whole
-    gathered stack (docs/sharding.md).
+    gathered stack (docs/sharding.md). Quantized kernels (`qkernel`, models/quant.py) stay
+    in their storage dtype until their matmul.
     """
     dtype = jnp.dtype(cfg.compute_dtype)
 
     def body(h, layer):
         h = partitioning.constrain_batch(h)
+        if cfg.stream_layers:  # this layer only: host -> device, inside the loop
+            layer = streaming.to_device(layer)
         layer = jax.tree_util.tree_map_with_path(
             lambda path, p: p.astype(dtype) if path[-1].key == "kernel" else p, layer
         )
