@@ -154,7 +154,7 @@ def test_load_time_quantize_equals_converted(tmp_path):
         checkpoints.load(tmp_path / "m", "vae", quantize="int8")
 
 
-@pytest.mark.parametrize("fmt", ["native", "int8"])
+@pytest.mark.parametrize("fmt", ["native", "int8", "fp8"])
 def test_layer_streaming_equals_resident_weights(fmt):
     """Blocks in pinned_host memory, copied per layer in the scan: the same output, exactly."""
     config = _config(compute_dtype="bfloat16")
@@ -162,7 +162,8 @@ def test_layer_streaming_equals_resident_weights(fmt):
     inputs = _inputs(config)
     resident = _forward(config, jax.device_put(params), inputs)
     placed = streaming.place(params)
-    leaf = jax.tree.leaves(placed["blocks"])[0]
+    packed = {"native": "kernel", "int8": "qkernel__u32_int8", "fp8": "qkernel__u32_float8_e4m3fn"}
+    leaf = placed["blocks"]["ffn_0"][packed[fmt]]
     assert leaf.sharding.memory_kind == streaming.HOST
     assert jax.tree.leaves(placed["head"])[0].sharding.memory_kind != streaming.HOST
     streamed = _forward(config.replace(stream_layers=True), placed, inputs)
