@@ -46,7 +46,7 @@ from swifti2v_jax.demo import BUNDLED_WEIGHTS
 from swifti2v_jax.demo.dataset import TextEncoder, caption
 from swifti2v_jax.eval import metrics
 from swifti2v_jax.io import image as image_io
-from swifti2v_jax.models import vae
+from swifti2v_jax.models import quant, vae
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.sampling import csg, reference, stage1
 from swifti2v_jax.sampling.pipeline import PipelineConfig
@@ -57,7 +57,7 @@ PROTOCOLS = ("oracle", "vae_oracle", "pipeline")
 
 
 class DemoModels:
-    def __init__(self, weights: Path, text_len: int):
+    def __init__(self, weights: Path, text_len: int, dit_weights: str = "native"):
         missing = [
             name for name in ("dit", "stage2", "vae", "t5", "tokenizer")
             if not (weights / name).is_dir()
@@ -68,9 +68,13 @@ class DemoModels:
             )
         vae_config, self.vae_params = checkpoints.load(weights / "vae", kind="vae")
         self.vae_config = vae.as_config(vae_config)
-        stage1_config, self.stage1_params = checkpoints.load(weights / "dit", kind="dit")
+        stage1_config, self.stage1_params = checkpoints.load(
+            weights / "dit", kind="dit", quantize=dit_weights
+        )
         self.stage1_config = DiTConfig.from_dict(stage1_config)
-        stage2_config, self.stage2_params = checkpoints.load(weights / "stage2", kind="dit")
+        stage2_config, self.stage2_params = checkpoints.load(
+            weights / "stage2", kind="dit", quantize=dit_weights
+        )
         self.stage2_config = DiTConfig.from_dict(stage2_config)
         self.text = TextEncoder(weights, text_len=text_len)
 
@@ -258,7 +262,7 @@ def frame_grid(truth, videos, frame_ids) -> np.ndarray:
 
 def run(
     weights, out_dir, *, clips=8, frames=17, height=None, width=None, factor=4, seed=0,
-    first_clip_seed=FIRST_HELD_OUT_SEED,
+    first_clip_seed=FIRST_HELD_OUT_SEED, dit_weights="native",
 ):  # fmt: skip
     """Evaluates with the demo preset's sampler settings and (by default) resolution."""
     import imageio.v3 as iio
@@ -270,7 +274,7 @@ def run(
     if height is None or width is None:
         width, height = image_io.parse_size(sample_config.resolution)
     pipeline_config = PipelineConfig.from_config(sample_config)
-    models = DemoModels(Path(weights), pipeline_config.text_len)
+    models = DemoModels(Path(weights), pipeline_config.text_len, dit_weights)
     num_blocks = vae.num_latent_frames(models.vae_config, frames)
     segments = segment_frames(pipeline_config.stage2, num_blocks, models.vae_config.temporal_factor)
     per_clip, first = [], None
@@ -296,6 +300,7 @@ def run(
             seed=seed,
             first_clip_seed=first_clip_seed,
             weights=str(weights),
+            dit_weights=dit_weights,
             stage2=dict(
                 noisy_blocks=pipeline_config.stage2.noisy_blocks,
                 neighbours=pipeline_config.stage2.neighbours,
@@ -335,6 +340,10 @@ def main(argv=None) -> int:
         help="procedural seed of the first clip (training uses seeds < 1000; sampler settings "
         "were chosen on clips from 2000000, reported on clips from 1000000)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dit-weights", default="native", choices=quant.WEIGHT_FORMATS,
+        help="Stage I and Stage II DiT block weights: as stored, or int8 / fp8 weight-only",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.first_clip_seed < 1000:
         print("error: --first-clip-seed below 1000 evaluates on training clips", file=sys.stderr)
@@ -342,7 +351,7 @@ def main(argv=None) -> int:
     try:
         result = run(
             args.weights, args.out, clips=args.clips, frames=args.frames, seed=args.seed,
-            first_clip_seed=args.first_clip_seed,
+            first_clip_seed=args.first_clip_seed, dit_weights=args.dit_weights,
         )  # fmt: skip
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
