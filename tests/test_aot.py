@@ -92,6 +92,11 @@ def test_collectives_reader_finds_loop_bodies():
 
 %fused.2 (a: f32[4]) -> f32[4] {
   %r = f32[4] all-reduce(f32[4] %a), to_apply=%add
+  %s = f32[1] fusion(%a), kind=kCustom, calls=%all-reduce-scatter.3
+}
+
+%all-reduce-scatter.3 (a: f32[4]) -> f32[1] {
+  %q = f32[4] all-reduce(f32[4] %a), to_apply=%add
 }
 
 ENTRY %main (a: f32[1]) -> f32[4] {
@@ -103,6 +108,7 @@ ENTRY %main (a: f32[1]) -> f32[4] {
     assert counts["all-gather_in_loops"] == 2 and counts["all-gather_outside"] == 1
     assert counts["all-gather_in_loops_bf16"] == 1
     assert counts["all-reduce_in_loops"] == 1 and counts["all-reduce_outside"] == 0
+    assert counts["reduce-scatter_in_loops"] == 1  # TPU's all-reduce-scatter fusion
 
 
 def test_topology_names():

@@ -115,7 +115,10 @@ def collectives(hlo: str) -> dict:
             bodies.add(body.group(1))
         for op in _OPS:
             if re.search(rf"= [^=]*\b{op}(?:-start)?\(", line):
-                ops[current][op] += 1
+                # TPU writes a reduce-scatter as an all-reduce inside an all-reduce-scatter
+                # fusion (it outputs the shard only).
+                scatter = op == "all-reduce" and current.startswith("all-reduce-scatter")
+                ops[current]["reduce-scatter" if scatter else op] += 1
                 if op == "all-gather" and re.search(r"= \(?bf16\[", line):
                     gathered_bf16[current] += 1
     inside, stack = set(), list(bodies)
