@@ -17,10 +17,13 @@ prepare/rollout, benchmarks).
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
 import re
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,14 +53,26 @@ _pending: int | None = None  # a signal that arrived meanwhile
 
 
 def _on_signal(signum, frame):
-    del frame
     global _pending
     if _deferring:
         _pending = signum
         return
+    if _in_finaliser(frame):  # an exception raised there is printed and dropped: retry soon
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     for s in (signal.SIGTERM, signal.SIGINT):  # cleanup must not be interrupted again
         signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+def _in_finaliser(frame) -> bool:
+    """Whether `frame` runs inside a gc callback (JAX has one) or a __del__ method."""
+    callbacks = {getattr(c, "__code__", None) for c in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
@@ -183,7 +198,6 @@ def _exit_now(status: int) -> None:
     and tearing the interpreter down under them can crash (seen: SIGSEGV after a SIGTERM
     during compilation). Cleanup has already run on the way up."""
     import logging
-    import os
 
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

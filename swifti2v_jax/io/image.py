@@ -132,14 +132,16 @@ def check_large_enough(
 
 def fit_note(size: tuple[int, int], width: int, height: int) -> str | None:
     """What `resize_and_crop` does to an image of `size` for width x height, as one line for
-    the log (None when the size already matches)."""
+    the log, when it changes the picture: a centre crop (part of it is cut away) or an
+    upscale (detail is invented). None for a plain downscale, the normal case."""
     src_w, src_h = size
-    if (src_w, src_h) == (width, height):
-        return None
     new_w, new_h = _cover_size(size, width, height)
-    verb = "upscaled" if new_w > src_w else "downscaled"
+    upscaled, cropped = new_w > src_w, (new_w, new_h) != (width, height)
+    if not (upscaled or cropped):
+        return None
+    verb = "upscaled" if upscaled else "downscaled"
     note = f"{src_w}x{src_h} {verb} to {new_w}x{new_h}"
-    if (new_w, new_h) != (width, height):
+    if cropped:
         note += f" and centre-cropped to {width}x{height} (aspect ratio differs)"
     return note
 
