@@ -6,7 +6,9 @@ demo VAE, `stage = 'vae'` configs, training/vae_training.py).
         --config.init_checkpoint=CONVERTED/dit --config.data.path=PREPARED
 
 Running the same command again resumes from the newest complete checkpoint in WORKDIR
-(parameters, optimizer, EMA, step, RNG and the data iterator). SIGTERM saves and exits 0.
+(parameters, optimizer, EMA, step, RNG and the data iterator). SIGTERM saves and exits 0;
+stopped before its first checkpoint (an error, SIGTERM or Ctrl-C during setup), it removes
+what it created in WORKDIR. A configuration problem is one line on stderr (swifti2v_jax/cli.py).
 Outputs: WORKDIR/checkpoints (Orbax), WORKDIR/metrics.jsonl, WORKDIR/tb (TensorBoard events).
 """
 
