@@ -306,3 +306,82 @@ def test_sigterm_during_train_setup_leaves_no_workdir(space):
         return
     lines = _check_clean(proc.returncode, stderr, 128 + signal.SIGTERM, watched, before)
     assert lines[-1] == "train.py: interrupted by SIGTERM" and not workdir.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces, in process (fast)
+
+
+def test_new_outputs_removes_only_what_the_block_made(tmp_path):
+    from swifti2v_jax import cli
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "old.txt").write_text("keep me")
+    with pytest.raises(RuntimeError), cli.new_outputs(existing, keep=lambda: False):
+        (existing / "checkpoints").mkdir()
+        (existing / "metrics.jsonl").write_text("")
+        raise RuntimeError("setup failed")
+    assert [p.name for p in existing.iterdir()] == ["old.txt"]
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt), cli.new_outputs(fresh, keep=lambda: False):
+        (fresh / "checkpoints").mkdir(parents=True)
+        raise KeyboardInterrupt
+    assert not fresh.exists()
+    with pytest.raises(RuntimeError), cli.new_outputs(fresh, keep=lambda: True):
+        (fresh / "checkpoints" / "10").mkdir(parents=True)
+        raise RuntimeError("after a checkpoint")
+    assert (fresh / "checkpoints" / "10").is_dir()  # worth resuming from: kept
+
+
+def test_signals_deferred_acts_after_the_block():
+    from swifti2v_jax import cli
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cli.install_signal_handlers()
+        finished = False
+        with pytest.raises(cli.Interrupted) as caught:
+            with cli.signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs here, and must not raise yet
+                finished = True
+        assert finished and caught.value.signum == signal.SIGTERM
+        # after the first signal the handlers ignore more, so cleanup is not cut short
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_config_error_messages_are_one_line():
+    from absl import flags
+
+    from swifti2v_jax import cli
+
+    argv = ["sample.py", "--config.stage1.nope=3"]
+    assert cli.config_error_message(AttributeError("\"'nope'\""), argv) == (
+        "unknown config field 'nope' in --config.stage1.nope"
+    )
+    wrapped = flags.IllegalFlagValueError(
+        "flag --config=c.py:x: Error whilst parsing config file:\n\nTraceback (most recent "
+        "call last):\n  File \"c.py\", line 3\nValueError: unknown preset 'x'"
+    )
+    assert cli.config_error_message(wrapped) == "flag --config=c.py:x: unknown preset 'x'"
+
+
+def test_progress_is_plain_lines_off_a_terminal(monkeypatch):
+    import io
+
+    from swifti2v_jax import progress
+
+    stream = io.StringIO()
+    assert list(progress.bar(range(3), desc="work", unit="clip", file=stream)) == [0, 1, 2]
+    assert stream.getvalue() == ""  # short work: quiet
+    monkeypatch.setattr(progress, "LINE_INTERVAL", 0.0)
+    bar = progress.bar(total=2, desc="Stage II", unit="segment", file=stream)
+    bar.set_postfix_str("blocks 1-3")
+    bar.update()
+    bar.close()
+    assert stream.getvalue().startswith("Stage II: 1/2 segment (blocks 1-3), ")
+    assert "\r" not in stream.getvalue() and stream.getvalue().count("\n") == 1
