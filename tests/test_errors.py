@@ -385,3 +385,30 @@ def test_progress_is_plain_lines_off_a_terminal(monkeypatch):
     bar.close()
     assert stream.getvalue().startswith("Stage II: 1/2 segment (blocks 1-3), ")
     assert "\r" not in stream.getvalue() and stream.getvalue().count("\n") == 1
+
+
+def test_run_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    from swifti2v_jax import cli
+
+    monkeypatch.setattr(sys, "argv", ["prog"])
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def user_mistake(argv):
+        raise ValueError("frames must be 4k+1,\n   got 16")
+
+    def bug(argv):
+        raise ZeroDivisionError("a bug")
+
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.run(user_mistake, prog="prog", user_errors=(ValueError,))
+        assert exited.value.code == cli.EXIT_USER
+        assert capsys.readouterr().err == "prog: error: frames must be 4k+1, got 16\n"
+        with pytest.raises(ZeroDivisionError):
+            cli.run(bug, prog="prog", user_errors=(ValueError,))
+        with pytest.raises(SystemExit) as exited:
+            cli.run(lambda argv: 0, prog="prog")
+        assert exited.value.code == 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
