@@ -10,9 +10,11 @@ file of that name stays until then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,16 @@ import numpy as np
 from swifti2v_jax import cli
 
 VIDEO_SUFFIXES = (".mp4",)
+
+
+@contextlib.contextmanager
+def ffmpeg_subprocess() -> Iterator[None]:
+    """Around code that starts ffmpeg through imageio(-ffmpeg): it passes preexec_fn=os.setpgrp
+    (so that Ctrl-C reaches only us), which makes Popen fork in Python, and JAX warns about any
+    fork once it runs threads. This one is a fork+exec (no Python runs in the child): safe."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+        yield
 
 
 class VideoError(ValueError):
@@ -112,10 +124,7 @@ class VideoWriter:
                 macro_block_size=2,
                 ffmpeg_log_level="error",  # its warnings (e.g. about an aborted file) are noise
             )
-            with warnings.catch_warnings():
-                # JAX warns about any fork once it runs threads; this one is a fork+exec of
-                # ffmpeg (no Python runs in the child), which is safe.
-                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+            with ffmpeg_subprocess():
                 self._writer.send(None)  # starts ffmpeg
         except BaseException:
             self._discard()
@@ -193,7 +202,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Reads an mp4 back -> (uint8 frames [n, H, W, 3], fps); for tests and checks."""
     import imageio.v2 as imageio
 
-    with imageio.get_reader(str(path), format="FFMPEG") as reader:
+    with ffmpeg_subprocess(), imageio.get_reader(str(path), format="FFMPEG") as reader:
         fps = float(reader.get_meta_data().get("fps", 0.0))
         frames = np.stack([np.asarray(frame) for frame in reader])
     return frames, fps
