@@ -218,7 +218,7 @@ def main():
         loss, norm = reference_first_step(config, host_batches[0])
         result["stage2"].update(reference_loss=loss, reference_grad_norm=norm)
         result["ti2v_5b"] = lower_ti2v_5b("xla")
-        try:  # the shipped attention backend (splash: a Mosaic kernel, lowers only for TPU)
+        try:  # chunked (custom_vjp); the shipped splash lowers for TPU only (test_aot.py)
             lower_ti2v_5b("chunked")
             result["ti2v_5b"]["default_attention_lowers"] = True
         except Exception as error:  # reported, asserted by an xfail test

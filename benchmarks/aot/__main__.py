@@ -67,7 +67,7 @@ def report(out: Path) -> None:
         "(per layer) / outside.",
         "",
         "| program | variant | target | mesh | args | temp | peak | HBM | fits | compile s "
-        "| all-gather in/out | reduce-scatter in/out | all-reduce in/out |",
+        "| all-gather in/out (bf16 in) | reduce-scatter in/out | all-reduce in/out |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -82,7 +82,8 @@ def report(out: Path) -> None:
             f"| {r['program']} | {r.get('variant', '')} | {r['target']} | {mesh} | "
             f"{_gb(r['args_gb'])} | {_gb(r['temp_gb'])} | **{_gb(r['peak_gb'])}** | "
             f"{r['hbm_gb']:.0f} | {'yes' if r['fits'] else 'NO'} | {r['compile_seconds']:.0f} | "
-            f"{pair('all-gather')} | {pair('reduce-scatter')} | {pair('all-reduce')} |"
+            f"{pair('all-gather')} ({c.get('all-gather_in_loops_bf16', '-')}) | "
+            f"{pair('reduce-scatter')} | {pair('all-reduce')} |"
         )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "train_peak.png")

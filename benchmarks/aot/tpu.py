@@ -22,11 +22,12 @@ from swifti2v_jax.models.partitioning import DATA, FSDP  # noqa: E402
 # Per-chip HBM in GB (1e9 bytes), as Cloud TPU lists the chips.
 HBM_GB = {"v5e": 16.0, "v5p": 95.0, "v6e": 32.0, "v4": 32.0}
 
-# Topology names for a chip count (they must divide the 2x2x1 host bounds).
+# Topology names for a chip count (they must divide the 2x2x1 host bounds, so there is no
+# 1-chip topology: "-1" names a host's topology and single-chip programs use its first chip).
 TOPOLOGIES = {
-    "v5e": {1: "v5e:1x1", 4: "v5e:2x2", 8: "v5e:2x4", 16: "v5e:4x4", 32: "v5e:4x8", 64: "v5e:8x8"},
-    "v6e": {1: "v6e:1x1", 4: "v6e:2x2", 8: "v6e:2x4", 16: "v6e:4x4", 32: "v6e:4x8", 64: "v6e:8x8"},
-    "v5p": {1: "v5p:1x1x1", 8: "v5p:2x2x2", 16: "v5p:2x2x4", 32: "v5p:2x4x4", 64: "v5p:4x4x4"},
+    "v5e": {1: "v5e:2x2", 4: "v5e:2x2", 8: "v5e:2x4", 16: "v5e:4x4", 32: "v5e:4x8", 64: "v5e:8x8"},
+    "v6e": {1: "v6e:2x2", 4: "v6e:2x2", 8: "v6e:2x4", 16: "v6e:4x4", 32: "v6e:4x8", 64: "v6e:8x8"},
+    "v5p": {1: "v5p:2x2x1", 8: "v5p:2x2x2", 16: "v5p:2x2x4", 32: "v5p:2x4x4", 64: "v5p:4x4x4"},
 }
 
 
@@ -95,13 +96,14 @@ _OPS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all")
 def collectives(hlo: str) -> dict:
     """Counts of all-gather / reduce-scatter / all-reduce / all-to-all ops in while-loop bodies
     (and everything they call) vs the rest of the program."""
-    bodies, calls, ops = set(), {}, {}
+    bodies, calls, ops, gathered_bf16 = set(), {}, {}, {}
     current = None
     for line in hlo.splitlines():
         match = _COMPUTATION.match(line)
         if match and not line.startswith(" "):
             current = match.group(1)
             calls[current], ops[current] = set(), {op: 0 for op in _OPS}
+            gathered_bf16[current] = 0
             continue
         if current is None:
             continue
@@ -113,7 +115,12 @@ def collectives(hlo: str) -> dict:
             bodies.add(body.group(1))
         for op in _OPS:
             if re.search(rf"= [^=]*\b{op}(?:-start)?\(", line):
-                ops[current][op] += 1
+                # TPU writes a reduce-scatter as an all-reduce inside an all-reduce-scatter
+                # fusion (it outputs the shard only).
+                scatter = op == "all-reduce" and current.startswith("all-reduce-scatter")
+                ops[current]["reduce-scatter" if scatter else op] += 1
+                if op == "all-gather" and re.search(r"= \(?bf16\[", line):
+                    gathered_bf16[current] += 1
     inside, stack = set(), list(bodies)
     while stack:
         name = stack.pop()
@@ -125,4 +132,5 @@ def collectives(hlo: str) -> dict:
     for op in _OPS:
         out[f"{op}_in_loops"] = sum(ops[c][op] for c in inside)
         out[f"{op}_outside"] = sum(ops[c][op] for c in ops if c not in inside)
+    out["all-gather_in_loops_bf16"] = sum(gathered_bf16[c] for c in inside)
     return out
