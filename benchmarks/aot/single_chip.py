@@ -149,7 +149,7 @@ def merge(out: Path, row: dict) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--programs", default=",".join(PROGRAMS), help=f"of {list(PROGRAMS)}")
     parser.add_argument("--targets", default=",".join(TARGETS))
@@ -176,7 +176,10 @@ def main(argv=None):
                 merge(args.out, row)
                 print(json.dumps(row), f"({time.perf_counter() - start:.0f} s)", flush=True)
     print(report(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m benchmarks.aot.single_chip")
