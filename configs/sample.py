@@ -9,6 +9,10 @@
                      Needs --stage1_checkpoints (converted A14B) and --checkpoints (TI2V-5B).
   swifti2v_2k_ti2v   as above but Stage I is TI2V-5B itself (one conversion, --checkpoints).
   swifti2v_2k_concat as swifti2v_2k with a trained `concat` Stage II (--stage2 DIR).
+  swifti2v_2k_24gb   swifti2v_2k on one 24 GB GPU or one 16 GB TPU chip: int8 DiT weights,
+                     Stage I expert streamed layer by layer from host memory, plus umT5 on
+                     the host, expert swapping, Stage I release and tiled decode (README,
+                     "2K on one 24 GB GPU"; every device program <= 6.4 GB on one v5e).
 
 Pick one with `--config=configs/sample.py:swifti2v_2k`; override any field with
 `--config.stage2.steps=30` and the like. Command-line flags such as --frames or --resolution
@@ -19,7 +23,7 @@ import ml_collections
 
 from configs.demo import common as demo_common
 
-PRESETS = ("demo", "swifti2v_2k", "swifti2v_2k_ti2v", "swifti2v_2k_concat")
+PRESETS = ("demo", "swifti2v_2k", "swifti2v_2k_ti2v", "swifti2v_2k_concat", "swifti2v_2k_24gb")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -90,6 +94,11 @@ def _base() -> ml_collections.ConfigDict:
             swap_stage1_experts=True,  # a14b: one expert on the device at a time
             decode_tile_size=0,  # Stage II decode in latent tiles of this size (0 = off)
             decode_tile_overlap=2,
+            # DiT block kernels: 'native' (as converted), 'int8' or 'fp8' (quantized at load)
+            dit_weights="native",
+            # block kernels in host memory, one layer on the device at a time:
+            # 'off', 'stage1', 'stage2' or 'both'
+            stream_layers="off",
         )
     )
     c.attention_backend = ""  # '' = as converted; 'xla', 'cudnn' (GPU) or 'splash' (TPU)
@@ -167,12 +176,23 @@ def swifti2v_2k_concat() -> ml_collections.ConfigDict:
     return c
 
 
+def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
+    c = swifti2v_2k()
+    c.preset = "swifti2v_2k_24gb"
+    c.memory.update(
+        text_encoder_on_host=True, release_stage1=True, swap_stage1_experts=True,
+        dit_weights="int8", stream_layers="stage1",
+    )  # fmt: skip
+    return c
+
+
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     builders = {
         "demo": demo,
         "swifti2v_2k": swifti2v_2k,
         "swifti2v_2k_ti2v": swifti2v_2k_ti2v,
         "swifti2v_2k_concat": swifti2v_2k_concat,
+        "swifti2v_2k_24gb": swifti2v_2k_24gb,
     }
     preset = preset or "demo"
     if preset not in builders:

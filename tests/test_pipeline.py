@@ -259,13 +259,16 @@ def test_presets_make_valid_pipeline_configs(preset):
     assert config.text_len == 512
     raw = sample_configs.get_config(preset)
     assert (raw.frames, raw.resolution) == (81, "2560x1408")
-    if preset in ("swifti2v_2k", "swifti2v_2k_concat"):
+    if preset in ("swifti2v_2k", "swifti2v_2k_concat", "swifti2v_2k_24gb"):
         # The Lightning few-step Stage I: 4 Euler steps, shift 5, no CFG, switch at t >= 900.
         assert config.stage1.backbone == "a14b" and not config.stage1.uses_cfg
         assert stage1.expert_steps(config.stage1) == {"high_noise": 2, "low_noise": 2}
     expected = "concat" if preset == "swifti2v_2k_concat" else "refine"
     assert config.stage2.conditioning == expected
     assert config.memory.text_encoder_on_host and config.memory.release_stage1
+    if preset == "swifti2v_2k_24gb":
+        assert config.memory.dit_weights == "int8" and config.memory.stream_layers == "stage1"
+        assert config.memory.swap_stage1_experts and config.memory.decode_tile_size
 
 
 def test_text_len_must_be_positive():

@@ -32,12 +32,14 @@ import numpy as np
 from swifti2v_jax import checkpoints
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import frames_to_uint8
+from swifti2v_jax.models import quant, streaming
 from swifti2v_jax.models import t5 as t5_lib
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.progress import bar as progress_bar
 from swifti2v_jax.sampling import csg, reference, segments, stage1
 
+STREAM_CHOICES = ("off", "stage1", "stage2", "both")
 STAGES = ("text", "stage1", "reference_encode", "stage2", "decode")
 FrameSink = Callable[[np.ndarray], None]
 
@@ -61,6 +63,10 @@ class MemoryOptions:
       offloading; otherwise both stay resident and run in one program.
     decode_tile_size: Stage II decode in spatial tiles of this many latent pixels (0: off).
     decode_tile_overlap: overlap of neighbouring tiles in latent pixels.
+    dit_weights: 'native' (as converted), or 'int8' / 'fp8': the DiT blocks' kernels
+      quantized at load (models/quant.py; a checkpoint converted with --quantize loads as is).
+    stream_layers: which DiTs keep their block kernels in host memory and copy one layer per
+      scan step to the device (models/streaming.py): 'off', 'stage1', 'stage2' or 'both'.
     """
 
     text_encoder_on_host: bool = True
@@ -68,8 +74,19 @@ class MemoryOptions:
     swap_stage1_experts: bool = True
     decode_tile_size: int = 0
     decode_tile_overlap: int = 2
+    dit_weights: str = "native"
+    stream_layers: str = "off"
 
     def __post_init__(self):
+        if self.dit_weights not in quant.WEIGHT_FORMATS:
+            raise PipelineError(
+                f"memory.dit_weights must be one of {quant.WEIGHT_FORMATS}, got "
+                f"{self.dit_weights!r}"
+            )
+        if self.stream_layers not in STREAM_CHOICES:
+            raise PipelineError(
+                f"memory.stream_layers must be one of {STREAM_CHOICES}, got {self.stream_layers!r}"
+            )
         if self.decode_tile_size < 0:
             raise PipelineError(f"decode_tile_size must be >= 0, got {self.decode_tile_size}")
         if self.decode_tile_size and not 0 <= self.decode_tile_overlap < self.decode_tile_size:
@@ -147,6 +164,8 @@ class PipelineConfig:
                 swap_stage1_experts=bool(mem["swap_stage1_experts"]),
                 decode_tile_size=int(mem["decode_tile_size"]),
                 decode_tile_overlap=int(mem["decode_tile_overlap"]),
+                dit_weights=str(mem.get("dit_weights", "native")),
+                stream_layers=str(mem.get("stream_layers", "off")),
             ),
             attention_backend=config.get("attention_backend") or None,
             text_cache_dir=None if cache in (None, "none") else Path(cache).expanduser(),
@@ -284,6 +303,14 @@ def inspect_models(paths: ModelPaths, config: PipelineConfig) -> ModelSpecs:
             stage2 = stage2.replace(attention_backend=config.attention_backend)
         except ValueError as e:
             raise PipelineError(str(e)) from None
+    stream = config.memory.stream_layers
+    if stream != "off" and not streaming.supports_host_memory():
+        raise PipelineError(
+            f"memory.stream_layers={stream!r} needs the {streaming.HOST!r} memory kind, which "
+            f"the {jax.default_backend()} backend does not offer; set it to 'off'"
+        )
+    stage1_dit = stage1_dit.replace(stream_layers=stream in ("stage1", "both"))
+    stage2 = stage2.replace(stream_layers=stream in ("stage2", "both"))
     z1 = stage1_vae.z_dim
     if config.stage1.backbone == "ti2v" and not stage1_dit.in_dim == stage1_dit.out_dim == z1:
         raise PipelineError(
@@ -474,9 +501,11 @@ def _release(tree) -> None:
             leaf.delete()
 
 
-def _load(path: Path, kind: str):
-    _, params = checkpoints.load(path, kind)
-    return jax.device_put(params)
+def _load(path: Path, kind: str, dit_weights: str = "native", stream: bool = False):
+    """A checkpoint on the device; a DiT quantized to `dit_weights` and, with `stream`, its
+    block kernels in host memory (models/streaming.py)."""
+    _, params = checkpoints.load(path, kind, quantize=dit_weights)
+    return streaming.place(params) if stream else jax.device_put(params)
 
 
 @dataclasses.dataclass
@@ -631,7 +660,7 @@ class SwiftI2VPipeline:
 
         def load_dit(path: Path):
             with clock("load"):
-                return _load(path, "dit")
+                return _load(path, "dit", cfg.memory.dit_weights, specs.stage1.stream_layers)
 
         with clock("load"):
             vae_params = _load(paths.stage1_vae, "vae")
@@ -682,7 +711,8 @@ class SwiftI2VPipeline:
             video_low = vae_lib.decode(vae_params, specs.stage1_vae, z_low)
             jax.block_until_ready(video_low)
         shared = None
-        if paths.stage2 in paths.stage1 and dit_params:
+        same_layout = specs.stage1.stream_layers == specs.stage2.stream_layers
+        if paths.stage2 in paths.stage1 and dit_params and same_layout:
             shared = dit_params[paths.stage1.index(paths.stage2)]
         if cfg.memory.release_stage1:
             for params in dit_params:
@@ -700,7 +730,9 @@ class SwiftI2VPipeline:
         cfg, specs = self.config, self.specs
         if params is None:
             with clock("load"):
-                params = _load(self.paths.stage2, "dit")
+                params = _load(
+                    self.paths.stage2, "dit", cfg.memory.dit_weights, specs.stage2.stream_layers
+                )
         denoiser = csg.WindowDenoiser(specs.stage2, cfg.stage2)
         tile = cfg.memory.decode_tile_size or None
         decoder = vae_lib.StreamingDecoder(
