@@ -97,10 +97,29 @@ PROGRAMS = {
 
 
 def run_one(program: str, target: str) -> dict:
+    """Compile + XLA's memory plan. XLA's `peak_memory_in_bytes` counts host-memory arguments
+    too (streamed weights), so the device peak here is that minus the host bytes."""
     fn, args, about = PROGRAMS[program](TARGETS[target])
-    report = tpu.compile_report(fn, args, tpu.HBM_GB[tpu.chip_kind(target)])
-    report.pop("collectives", None)  # one chip: there are none
-    return {"program": program, "target": target, **about, **report}
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    gb = lambda name: round(getattr(memory, name, 0) / 1e9, 3)
+    host = gb("host_argument_size_in_bytes") + gb("host_temp_size_in_bytes")
+    hbm = tpu.HBM_GB[tpu.chip_kind(TARGETS[target])]
+    row = {
+        "args_gb": gb("argument_size_in_bytes"),
+        "temp_gb": gb("temp_size_in_bytes"),
+        "output_gb": gb("output_size_in_bytes"),
+        "host_args_gb": gb("host_argument_size_in_bytes"),
+        "host_temp_gb": gb("host_temp_size_in_bytes"),
+        "xla_peak_gb": gb("peak_memory_in_bytes"),
+        "peak_gb": round(gb("peak_memory_in_bytes") - host, 3),
+        "hbm_gb": hbm,
+        "compile_seconds": round(seconds, 1),
+    }
+    row["fits"] = row["peak_gb"] <= hbm
+    return {"program": program, "target": target, **about, **row}
 
 
 def report(out: Path) -> str:
@@ -111,12 +130,13 @@ def report(out: Path) -> str:
     lines = [
         "# swifti2v_2k_24gb on one TPU chip (XLA's per-chip plan, compile-only libtpu)",
         "",
-        "GB = 1e9 bytes. args = device-resident arguments (host-memory arguments excluded), "
-        "peak = `peak_memory_in_bytes`. Budget: 15 GB on v5e (16 GB HBM).",
+        "GB = 1e9 bytes. args = device-resident arguments; host = arguments in pinned_host "
+        "memory (streamed layer kernels); peak = XLA's `peak_memory_in_bytes` minus the host "
+        "bytes it also counts (device HBM). Budget: 15 GB on v5e (16 GB HBM).",
         "",
-        "| program | weights | tokens | v5e args | v5e temp | v5e peak | v6e peak | "
+        "| program | weights | tokens | host | v5e args | v5e temp | v5e peak | v6e peak | "
         "<= 15 GB on v5e | compile s (v5e) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in PROGRAMS:
         rows = by_program.get(name)
@@ -132,7 +152,8 @@ def report(out: Path) -> str:
         error = v5e.get("error") or v6e.get("error")
         lines.append(
             f"| {name} | {weights} | {v5e.get('tokens', v6e.get('tokens', '-'))} | "
-            f"{gb(v5e, 'args_gb')} | {gb(v5e, 'temp_gb')} | **{gb(v5e, 'peak_gb')}** | "
+            f"{gb(v5e, 'host_args_gb')} | {gb(v5e, 'args_gb')} | {gb(v5e, 'temp_gb')} | "
+            f"**{gb(v5e, 'peak_gb')}** | "
             f"{gb(v6e, 'peak_gb')} | {fits} | {seconds} |"
             + (f" error: {error[:100]}" if error else "")
         )
