@@ -68,15 +68,27 @@ class DemoModels:
             )
         vae_config, self.vae_params = checkpoints.load(weights / "vae", kind="vae")
         self.vae_config = vae.as_config(vae_config)
-        stage1_config, self.stage1_params = checkpoints.load(
-            weights / "dit", kind="dit", quantize=dit_weights
-        )
+        stage1_config, self.stage1_params = load_dit(weights / "dit", dit_weights)
         self.stage1_config = DiTConfig.from_dict(stage1_config)
-        stage2_config, self.stage2_params = checkpoints.load(
-            weights / "stage2", kind="dit", quantize=dit_weights
-        )
+        stage2_config, self.stage2_params = load_dit(weights / "stage2", dit_weights)
         self.stage2_config = DiTConfig.from_dict(stage2_config)
         self.text = TextEncoder(weights, text_len=text_len)
+
+
+DIT_WEIGHTS = ("bf16", *quant.WEIGHT_FORMATS)
+
+
+def load_dit(path: Path, dit_weights: str):
+    """A demo DiT (fp32 as trained) with its block kernels as `dit_weights`: 'bf16' rounds
+    them to bf16 (the baseline int8/fp8 are compared with), the rest as checkpoints.load."""
+    if dit_weights != "bf16":
+        return checkpoints.load(path, kind="dit", quantize=dit_weights)
+    config, params = checkpoints.load(path, kind="dit")
+    to_bf16 = lambda p: np.asarray(p).astype(jnp.bfloat16).astype(np.float32)
+    blocks = jax.tree_util.tree_map_with_path(
+        lambda path, p: to_bf16(p) if path[-1].key == "kernel" else p, params["blocks"]
+    )
+    return config, {**params, "blocks": blocks}
 
 
 def encode_context(models: DemoModels, prompt: str) -> jax.Array:
@@ -341,8 +353,9 @@ def main(argv=None) -> int:
         "were chosen on clips from 2000000, reported on clips from 1000000)",
     )  # fmt: skip
     parser.add_argument(
-        "--dit-weights", default="native", choices=quant.WEIGHT_FORMATS,
-        help="Stage I and Stage II DiT block weights: as stored, or int8 / fp8 weight-only",
+        "--dit-weights", default="native", choices=DIT_WEIGHTS,
+        help="Stage I and Stage II DiT block kernels: as stored (fp32), rounded to bf16, or "
+        "int8 / fp8 weight-only",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.first_clip_seed < 1000:
