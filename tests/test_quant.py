@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import dit as dit_presets
 from swifti2v_jax import checkpoints
@@ -195,3 +197,23 @@ def test_pipeline_memory_options_load_quantized_and_streamed(tmp_path):
         pipeline_lib.MemoryOptions(dit_weights="int4")
     with pytest.raises(pipeline_lib.PipelineError, match="stream_layers"):
         pipeline_lib.MemoryOptions(stream_layers="yes")
+
+
+def test_quantized_dense_on_tpu_builds_no_full_precision_kernel():
+    """Compiled for a TPU (compile-only libtpu, the `tpu` extra): the int8 -> bf16 convert is
+    fused into the matmul, so the program needs no temporary for a bf16 [1024, 4096] kernel."""
+    from benchmarks.aot import programs
+
+    on_chip = NamedSharding(programs._one_chip("v5e-4"), P())
+    struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=on_chip)
+    params = {
+        "qkernel": struct((1024, 4096), jnp.int8),
+        "qscale": struct((4096,), jnp.float32),
+        "bias": struct((4096,), jnp.bfloat16),
+    }
+    dense = quant.Dense(4096, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    forward = jax.jit(lambda p, x: dense.apply({"params": p}, x))
+    compiled = forward.lower(params, struct((1, 96, 1024), jnp.bfloat16)).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 1024 * 4096  # bf16 kernel: 8 MB
+    body = [line for line in compiled.as_text().splitlines() if "parameter(" not in line]
+    assert not any("bf16[1024,4096]" in line for line in body)
