@@ -217,3 +217,25 @@ def test_quantized_dense_on_tpu_builds_no_full_precision_kernel():
     assert compiled.memory_analysis().temp_size_in_bytes < 1024 * 4096  # bf16 kernel: 8 MB
     body = [line for line in compiled.as_text().splitlines() if "parameter(" not in line]
     assert not any("bf16[1024,4096]" in line for line in body)
+
+
+def test_conversion_quantize_equals_load_time_quantize(tmp_path):
+    """`python -m conversion --quantize int8` stores what checkpoints.load(quantize=) makes."""
+    from conversion.__main__ import convert
+    from tests import dit_helpers
+
+    config = _config()
+    tensors = dit_helpers.original_state_dict(dit_helpers.make_diffusers_model(config))
+    dit_helpers.write_original_layout(tmp_path / "release", config, tensors)
+    for fmt in ("native", "int8"):
+        convert(tmp_path / "release", tmp_path / fmt, dtype="bf16", only=("dit",),
+                log=lambda _: None, quantize=fmt)  # fmt: skip
+    meta = checkpoints.read_metadata(tmp_path / "int8" / "dit")
+    assert meta["weights"] == "int8"
+    _, stored = checkpoints.load(tmp_path / "int8" / "dit")
+    _, at_load = checkpoints.load(tmp_path / "native" / "dit", quantize="int8")
+    assert quant.weight_format(stored) == "int8"
+    for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(at_load)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    with pytest.raises(checkpoints.CheckpointError, match="int8 weights"):
+        checkpoints.load(tmp_path / "int8" / "dit", quantize="fp8")
