@@ -152,7 +152,7 @@ def report(out: Path) -> str:
         error = v5e.get("error") or v6e.get("error")
         lines.append(
             f"| {name} | {weights} | {v5e.get('tokens', v6e.get('tokens', '-'))} | "
-            f"{gb(v5e, 'host_args_gb')} | {gb(v5e, 'args_gb')} | {gb(v5e, 'temp_gb')} | "
+            f"{v5e.get('host_args_gb', 0.0):.2f} | {gb(v5e, 'args_gb')} | {gb(v5e, 'temp_gb')} | "
             f"**{gb(v5e, 'peak_gb')}** | "
             f"{gb(v6e, 'peak_gb')} | {fits} | {seconds} |"
             + (f" error: {error[:100]}" if error else "")
