@@ -55,7 +55,12 @@ def _gb(value) -> str:
 
 def report(out: Path) -> None:
     data = json.loads((out / "results.json").read_text())["results"]
-    rows = sorted(data.values(), key=lambda r: (r["program"], r.get("variant", ""), r["target"]))
+    chips = lambda target: (
+        target.split("-")[0],
+        int(target.split("-")[-1]) if "-" in target else 0,
+    )
+    order = lambda r: (r["program"], r.get("variant", ""), chips(r["target"]))
+    rows = sorted(data.values(), key=order)
     lines = [
         "# Ahead-of-time TPU compiles (per chip, XLA's memory plan)",
         "",
@@ -104,9 +109,11 @@ def _plot(rows, path: Path) -> None:
             and r["target"].startswith(kind + "-")
         )  # fmt: skip
         if series:
-            line = ax.plot(*zip(*series), marker="o", label=f"{kind} peak")[0]
-            ax.axhline(hbm, color=line.get_color(), linestyle=":", label=f"{kind} HBM")
+            line = ax.plot(*zip(*series), marker="o", label=f"{kind} peak (HBM {hbm} GB)")[0]
+            if hbm < 40:
+                ax.axhline(hbm, color=line.get_color(), linestyle=":")
     ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 40)
     ax.set_xlabel("chips")
     ax.set_ylabel("per-chip peak (GB)")
     ax.set_title("TI2V-5B Stage II train step, one 2K window per chip")
