@@ -22,10 +22,10 @@ def _config(**changes):
 
 
 def _inputs(config, seed=1):
-    keys = jax.random.split(jax.random.key(seed), 2)
-    latents = jax.random.normal(keys[0], (1, 3, 4, 4, config.in_dim))
-    context = jax.random.normal(keys[1], (1, 8, config.text_dim))
-    timesteps = jnp.array([[0.0, 500.0, 500.0]])
+    rng = np.random.default_rng(seed)
+    latents = rng.standard_normal((1, 3, 4, 4, config.in_dim)).astype(np.float32)
+    context = rng.standard_normal((1, 8, config.text_dim)).astype(np.float32)
+    timesteps = np.array([[0.0, 500.0, 500.0]], np.float32)
     return latents, timesteps, context
 
 
@@ -35,15 +35,19 @@ def _forward(config, params, inputs):
 
 
 def _params(config):
-    params = dit.init_params(config, jax.random.key(0))
+    """Trained-like random weights (N(0, 4/fan_in) kernels, biases ~0.1, norm scales 1) made
+    with numpy from the abstract tree: running the Flax initialiser costs ~20 s of compiling."""
+    rng = np.random.default_rng(0)
 
-    # Trained-like kernels: random normal at 1/sqrt(fan_in), a few large outliers per layer.
-    def scale(path, p):
-        if path[-1].key == "kernel":
-            return p * 2.0
-        return p + 0.1 if path[-1].key == "bias" else p
+    def make(path, leaf):
+        if path[-1].key == "scale":
+            return np.ones(leaf.shape, leaf.dtype)
+        fan_in = leaf.shape[-2] if len(leaf.shape) >= 2 else 100
+        if "modulation" in path[-1].key:  # [.., 6, dim] tables: small, as initialised
+            fan_in = leaf.shape[-1] * 4
+        return (rng.standard_normal(leaf.shape) * 2 / np.sqrt(fan_in)).astype(leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(scale, params)
+    return jax.tree_util.tree_map_with_path(make, dit.abstract_params(config))
 
 
 def _relative(a, b):
