@@ -180,15 +180,9 @@ def prepare(config) -> Prepared:
     from swifti2v_jax.io import video as video_io
     from swifti2v_jax.sampling import pipeline as pipeline_lib
 
-    # 1. Inputs that need no model: output paths, frames, resolution format, the image.
+    # 1. Inputs that need no model: output paths, resolution format, the image.
     output = video_io.check_output_path(config.output)
     summary_path = _check_summary_path(config.summary) if config.summary else None
-    frames = config.frames
-    if frames < 5 or (frames - 1) % 4:
-        suggestion = max(5, (frames - 1) // 4 * 4 + 1)
-        raise UsageError(
-            f"--frames must be 4k+1 with k >= 1 (5, 9, ..., 81), got {frames}; try {suggestion}"
-        )
     resolution = str(config.resolution).strip().lower()
     try:
         size = None if resolution == "auto" else image_io.parse_size(resolution)
@@ -202,9 +196,10 @@ def prepare(config) -> Prepared:
     if not prompt.strip():
         raise UsageError("--prompt is empty")
 
-    # 2. Checkpoints: config files only (no weights yet), then sizes against the models.
+    # 2. Checkpoints: config files only (no weights yet), then sizes and the frame count
+    #    against the models (the VAE's temporal stride).
     checkpoints, demo_note, random_demo = resolve_checkpoints(config)
-    pipeline_config = pipeline_lib.PipelineConfig.from_config(config)
+    pipeline_config = pipeline_lib.pipeline_config(config)
     if not config.text_cache_dir:
         pipeline_config = dataclasses.replace(
             pipeline_config, text_cache_dir=demo.cache_root() / "text"
@@ -216,7 +211,7 @@ def prepare(config) -> Prepared:
             pipeline.specs, pipeline_config, image.size, int(config.max_area)
         )
         log(f"resolution auto: {size[0]}x{size[1]} for a {image.size[0]}x{image.size[1]} image")
-    plan = pipeline.plan(size[0], size[1], frames)
+    plan = pipeline.plan(size[0], size[1], int(config.frames))
     return Prepared(
         config,
         output,

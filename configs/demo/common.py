@@ -3,11 +3,12 @@
 import ml_collections
 
 from configs import stage2
+from swifti2v_jax.sampling.presets import DEMO_TEXT_LEN
 
 # Prompt rows (zero past the prompt; the demo captions are 39 tokens). 512 as in Wan2.2
-# spends ~40% of a demo Stage II step on cross-attention. configs/sample.py's demo preset
+# spends ~40% of a demo Stage II step on cross-attention. The sample presets' demo preset
 # feeds the same rows: a model must be sampled with the length it was trained with.
-TEXT_LEN = 64
+TEXT_LEN = DEMO_TEXT_LEN
 
 
 def dit_training(model: str, num_steps: int) -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
 from swifti2v_jax.sampling import guidance as guidance_lib
@@ -37,7 +38,9 @@ class Stage1Config:
     """Stage I sampler settings.
 
     guide_scale: the CFG scale (of the high-noise expert for A14B); guide_scale_low: the
-    low-noise expert's scale (None = the same). 1.0 skips the unconditional forward.
+    low-noise expert's scale (None or < 0 = the same). 1.0 skips the unconditional forward.
+    Stage I's size: `resolution` WIDTHxHEIGHT if given, else the target / `divisor` per side
+    (rounded, sampling/plan.py).
     """
 
     backbone: str = "ti2v"
@@ -48,8 +51,15 @@ class Stage1Config:
     guide_scale: float = 1.0
     guide_scale_low: float | None = None
     boundary: float = 0.9
+    divisor: int = 4
+    resolution: str = ""  # '' = target / divisor
 
     def __post_init__(self):
+        if self.guide_scale_low is not None and self.guide_scale_low < 0:
+            object.__setattr__(self, "guide_scale_low", None)  # config files write -1 for None
+        if self.divisor < 1:
+            raise ValueError(f"stage1.divisor must be >= 1, got {self.divisor}")
+        self.size  # noqa: B018 -- validates the resolution now
         if self.backbone not in BACKBONES:
             raise ValueError(f"Stage I backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.steps < 1:
@@ -60,6 +70,16 @@ class Stage1Config:
 
     def make_schedule(self) -> schedules.Schedule:
         return schedules.make_schedule(self.schedule, self.steps, self.shift)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The explicit Stage I (width, height), or None to derive it from the divisor."""
+        if not self.resolution:
+            return None
+        try:
+            return image_io.parse_size(self.resolution)
+        except ValueError as e:
+            raise ValueError(f"stage1.resolution: {e}") from None
 
     def guidance(self) -> guidance_lib.Guidance:
         low = self.guide_scale if self.guide_scale_low is None else self.guide_scale_low

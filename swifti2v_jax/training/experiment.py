@@ -16,11 +16,12 @@ import numpy as np
 from absl import logging
 
 from configs import dit as dit_presets
+from swifti2v_jax.csg import layout
 from swifti2v_jax.data import loader as loader_lib
 from swifti2v_jax.data import prepare, records, synthetic
 from swifti2v_jax.models import dit
-from swifti2v_jax.sampling import segments
 from swifti2v_jax.training import lora, optim, sharding
+from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
 from swifti2v_jax.training.loss import LossConfig
@@ -53,12 +54,7 @@ def window_spec(config) -> loader_lib.WindowSpec:
 
 
 def check_model_against_loss(model: dit.DiTConfig, loss: LossConfig) -> None:
-    factor = 2 if loss.conditioning == "concat" else 1
-    if model.in_dim != factor * model.out_dim:
-        raise ValueError(
-            f"conditioning {loss.conditioning!r} needs in_dim = {factor} x out_dim, the model "
-            f"{model.in_dim} / {model.out_dim}; use a *_concat model preset for concat"
-        )
+    loss_lib.check_model(model.in_dim, model.out_dim, loss)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +172,7 @@ def check_init(config) -> None:
 
 def check_windows(config, info: DataInfo) -> None:
     if not config.csg.end_to_end:
-        segments.validate(info.num_blocks, config.csg.noisy_blocks, config.csg.neighbours)
+        layout.validate(info.num_blocks, config.csg.noisy_blocks, config.csg.neighbours)
 
 
 def make_parameters(config, model: dit.DiTConfig) -> Parameters:
