@@ -42,8 +42,8 @@ from benchmarks import common
 from benchmarks.common import DiTProgram
 from configs import dit as dit_configs
 from conversion import common as conversion_common
+from swifti2v_jax.csg import layout as segments
 from swifti2v_jax.models.dit import DiTConfig, init_params
-from swifti2v_jax.sampling import segments
 
 PRESETS = ("tiny", "small", "small_attention", "ti2v_5b", "a14b")
 

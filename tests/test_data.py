@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from swifti2v_jax.csg import layout as segments
 from swifti2v_jax.data import loader, prepare, records, synthetic, videos
-from swifti2v_jax.sampling import segments
 
 NUM_FRAMES = 13  # -> 4 latent blocks
 SIZE = 32  # -> 2x2 latents with the 16x VAE
@@ -366,11 +366,12 @@ def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
     import jax
 
     from configs import dit as dit_configs
-    from configs import sample as sample_configs
     from swifti2v_jax import checkpoints
     from swifti2v_jax.data import rollout
     from swifti2v_jax.models.dit import DiTConfig, init_params
-    from swifti2v_jax.sampling.pipeline import PipelineConfig
+    from swifti2v_jax.sampling import presets
+    from swifti2v_jax.sampling.config import pipeline_config as make_pipeline_config
+    from swifti2v_jax.sampling.stage2 import WindowDenoiser
 
     plain = [{k: v for k, v in r.items() if k != "generated"} for r in _records_with_generated()]
     prepare.write_dataset(
@@ -385,12 +386,13 @@ def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
     written = loader.array_record_source(tmp_path / "out")
     info = prepare.read_dataset_info(tmp_path / "out")
     assert len(written) == 3 and info["rollout"]["preset"] == "demo"
-    pipeline_config = PipelineConfig.from_config(sample_configs.get_config("demo"))
+    pipeline_config = make_pipeline_config(presets.get_config("demo"))
+    denoiser = WindowDenoiser(DiTConfig.from_dict(model_dict), pipeline_config.stage2)
     for index in range(3):
         record = records.as_record(written[index])
         expected = rollout.generate_clip(
-            params, DiTConfig.from_dict(model_dict), pipeline_config.stage2, None, plain[index],
-            pipeline_config.text_len, jax.random.fold_in(jax.random.key(0), index),
+            params, denoiser, plain[index], pipeline_config.text_len,
+            jax.random.fold_in(jax.random.key(0), index),
         )  # fmt: skip
         np.testing.assert_allclose(record["generated"], expected, atol=2e-3, rtol=2e-3)
         np.testing.assert_array_equal(record["generated"][0], record["latents"][0])

@@ -16,6 +16,7 @@ from configs import stage2 as stage2_configs
 from configs import vae as vae_configs
 from configs.demo import vae as demo_vae_config
 from swifti2v_jax import checkpoints
+from swifti2v_jax.csg import reference
 from swifti2v_jax.data import loader, procedural, records
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.demo import dataset as demo_dataset
@@ -23,7 +24,6 @@ from swifti2v_jax.demo import reproduce
 from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.models.vae_blocks import CONV3D, conv3d_as_frame_taps
-from swifti2v_jax.sampling import reference
 
 
 @pytest.mark.parametrize("strides, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 2), "VALID")])

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from swifti2v_jax.csg import reference
 from swifti2v_jax.data import procedural
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.eval import demo_quality, metrics
 from swifti2v_jax.models import vae
-from swifti2v_jax.sampling import csg, reference
+from swifti2v_jax.sampling import stage2 as csg
 
 
 def test_psnr_matches_its_definition():
@@ -72,7 +73,7 @@ def test_demo_quality_runs_end_to_end(tmp_path):
             assert len(entry["psnr_per_segment"]) == 2 and np.isfinite(entry["psnr"])
     # the oracle bicubic baseline is exactly bicubic(true low-res clip) with frame 0 = input
     high, low = procedural.render_pair(demo_quality.FIRST_HELD_OUT_SEED, 13, 128, 256, 4)
-    upsampled = np.array(reference.upsample_frames(jnp.asarray(low[None]), 128, 256)[0])
+    upsampled = np.array(reference.resize_frames(jnp.asarray(low[None]), 128, 256)[0])
     upsampled[0] = high[0]
     expected = metrics.psnr(upsampled, high)
     np.testing.assert_allclose(result["per_clip"][0]["oracle/bicubic"]["psnr"], expected, rtol=1e-6)
@@ -81,7 +82,7 @@ def test_demo_quality_runs_end_to_end(tmp_path):
     models = demo_quality.DemoModels(weights, 64)
     through = vae.decode(models.vae_params, models.vae_config, vae.encode(
         models.vae_params, models.vae_config, low[None]))  # fmt: skip
-    upsampled = np.array(reference.upsample_frames(through, 128, 256)[0])
+    upsampled = np.array(reference.resize_frames(through, 128, 256)[0])
     upsampled[0] = high[0]
     np.testing.assert_allclose(
         result["per_clip"][0]["vae_oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high),

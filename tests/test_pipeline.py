@@ -19,12 +19,13 @@ from PIL import Image
 from configs import sample as sample_configs
 from configs.demo import common as demo_common
 from swifti2v_jax import checkpoints
+from swifti2v_jax.csg import reference
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.sampling import pipeline as pipeline_lib
-from swifti2v_jax.sampling import reference, stage1
+from swifti2v_jax.sampling import stage1
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_hybrid_reference_frame0_is_the_input_image():
     hybrid = reference.hybrid_reference(video_low, image)
     assert hybrid.shape == (1, 5, 32, 64, 3)
     np.testing.assert_array_equal(np.asarray(hybrid[:, 0]), np.asarray(image))
-    expected = reference.upsample_frames(video_low[:, 1:], 32, 64)
+    expected = reference.resize_frames(video_low[:, 1:], 32, 64)
     np.testing.assert_array_equal(np.asarray(hybrid[:, 1:]), np.asarray(expected))
     assert float(jnp.abs(hybrid).max()) <= 1.0
     # Upsampling then averaging 4x4 cells gives back roughly the low-resolution frames.
@@ -212,7 +213,7 @@ def test_a14b_one_expert_at_a_time_matches_both_resident(a14b_root):
 def _pipeline_config(**stage2):
     config = sample_configs.get_config("demo")
     config.stage2.update(stage2)
-    return pipeline_lib.PipelineConfig.from_config(config)
+    return pipeline_lib.pipeline_config(config)
 
 
 def test_model_paths_and_compatibility_checks(ti2v_root, a14b_root, tmp_path):
@@ -250,7 +251,7 @@ def test_model_paths_and_compatibility_checks(ti2v_root, a14b_root, tmp_path):
 
 @pytest.mark.parametrize("preset", sample_configs.PRESETS)
 def test_presets_make_valid_pipeline_configs(preset):
-    config = pipeline_lib.PipelineConfig.from_config(sample_configs.get_config(preset))
+    config = pipeline_lib.pipeline_config(sample_configs.get_config(preset))
     if preset == "demo":
         assert config.stage2.conditioning == "concat" and config.stage1.backbone == "ti2v"
         # the demo DiTs' training length (configs/demo/common.py), not Wan2.2's 512
@@ -272,7 +273,7 @@ def test_text_len_must_be_positive():
     config = sample_configs.get_config("demo")
     config.text_len = 0
     with pytest.raises(pipeline_lib.PipelineError, match="text_len"):
-        pipeline_lib.PipelineConfig.from_config(config)
+        pipeline_lib.pipeline_config(config)
 
 
 def test_size_plan(ti2v_root):

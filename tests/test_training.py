@@ -25,7 +25,6 @@ from swifti2v_jax import checkpoints
 from swifti2v_jax.models import dit
 from swifti2v_jax.training import (
     checkpointing,
-    degradation,
     experiment,
     lora,
     metrics,
@@ -364,47 +363,6 @@ def test_fsdp_spec_rule():
     assert sharding.fsdp_spec((7, 5), 8, 1) == jax.sharding.PartitionSpec()  # nothing divides
     assert sharding.fsdp_spec((64,), 8, 1000) == jax.sharding.PartitionSpec()  # too small
     assert sharding.fsdp_spec((64,), 1, 1) == jax.sharding.PartitionSpec()
-
-
-def test_degradations_keep_the_anchor():
-    z = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
-    keep = jnp.array([True, False, False, False])
-    out = degradation.latent_blur_noise(
-        jax.random.PRNGKey(1), z, keep=keep, factor=2, max_noise=0.2
-    )
-    np.testing.assert_array_equal(out[0], z[0])
-    assert float(jnp.abs(out[1:] - z[1:]).mean()) > 0.05
-    video = np.random.default_rng(0).uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
-    ref = degradation.pixel_blur_noise(video, np.random.default_rng(1), factor=4)
-    np.testing.assert_array_equal(ref[0], video[0])
-    assert ref.shape == video.shape and np.abs(ref[1:] - video[1:]).mean() > 0.1
-
-
-def test_stage1_partial_denoise_with_an_exact_velocity_recovers_the_clip():
-    """Identity 'VAE' and the exact flow velocity: Euler from sigma* back to 0 is exact, so
-    the reference is the down-up resized clip with the clean first frame."""
-    video = np.random.default_rng(0).uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
-    low = np.asarray(jax.image.resize(video, (5, 8, 8, 3), "linear"))
-    x0 = jnp.asarray(low[None])
-    noise_key = jax.random.PRNGKey(7)
-    eps = jax.random.normal(noise_key, x0.shape)
-    ref = degradation.stage1_partial_denoise(
-        video,
-        low_size=(8, 8),
-        encode=jnp.asarray,
-        decode=lambda x: x,
-        velocity=lambda x, sigma: eps - x0,
-        sigmas=[0.6, 0.3, 0.0],
-        key=noise_key,
-    )
-    expected = np.asarray(jax.image.resize(low, (5, 16, 16, 3), "linear"))
-    np.testing.assert_allclose(ref[1:], np.clip(expected[1:], -1, 1), atol=1e-5)
-    np.testing.assert_array_equal(ref[0], video[0])
-    with pytest.raises(ValueError, match="descend"):
-        degradation.stage1_partial_denoise(
-            video, low_size=(8, 8), encode=jnp.asarray, decode=lambda x: x,
-            velocity=lambda x, s: x, sigmas=[0.5, 0.6], key=noise_key,
-        )  # fmt: skip
 
 
 def test_partial_checkpoint_is_never_taken_for_a_complete_one(tmp_path):
