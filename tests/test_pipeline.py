@@ -334,3 +334,20 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
         "total",
     }
     assert summary["peak_memory_bytes"] > 0 and summary["backend"] == jax.default_backend()
+
+    # The same stages on models already in memory (no loading, no release): same latents.
+    from swifti2v_jax.sampling import orchestrator
+    from swifti2v_jax.sampling.residency import ResidentModels
+    from swifti2v_jax.text import PromptEncoder
+
+    resident = ResidentModels(
+        stage1_dits=(checkpoints.load(paths.stage1[0], "dit")[1],),
+        stage1_vae=vae_params,
+        stage2_dit=checkpoints.load(paths.stage2, "dit")[1],
+        vae=vae_params,
+        text_encoder=PromptEncoder.from_checkpoint(paths.t5, text_len=config.text_len),
+    )
+    again = orchestrator.run(
+        resident, pipeline.specs, config, image, "a boat on a lake", plan, seed=3
+    )
+    np.testing.assert_array_equal(np.asarray(again.latents), np.asarray(result.latents))
