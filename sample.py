@@ -37,7 +37,7 @@ flags.DEFINE_string("prompt", None, "Text prompt (default: the example prompt)."
 flags.DEFINE_string("negative_prompt", None, "Negative prompt ('' = Wan2.2's default).")
 flags.DEFINE_string("output", None, "Output .mp4 path.")
 flags.DEFINE_integer("seed", None, "Random seed.")
-flags.DEFINE_integer("frames", None, "Number of frames, 4k+1 (e.g. 81).")
+flags.DEFINE_integer("frames", None, "Number of frames, k x the VAE stride + 1 (e.g. 81).")
 flags.DEFINE_string("resolution", None, "Output WIDTHxHEIGHT (multiples of 32) or 'auto'.")
 flags.DEFINE_integer("stage1_steps", None, "Stage I sampling steps.")
 flags.DEFINE_integer("stage2_steps", None, "Stage II sampling steps.")

@@ -100,33 +100,23 @@ def test_ti2v_stage1_keeps_the_image_latent_exactly(ti2v_root):
         backbone="ti2v", steps=3, solver="unipc", schedule="unipc", guide_scale=2.0
     )
     context = _context(config)
-    run = lambda image_latent: stage1.ti2v_image_to_video(  # noqa: E731
-        params,
-        config,
-        settings,
-        image_latent=image_latent,
-        num_latent_frames=3,
-        context=context,
-        uncond_context=jnp.zeros_like(context),
-        key=jax.random.key(0),
-    )
+
+    def run(image_latent, **uncond):
+        return stage1.ti2v_image_to_video(
+            params, config, settings, image_latent=image_latent, num_latent_frames=3,
+            context=context, key=jax.random.key(0), **uncond,
+        )  # fmt: skip
+
+    with_uncond = dict(uncond_context=jnp.zeros_like(context))
     image_latent = _rand((1, 1, 2, 4, 48), seed=5, scale=2.0)
-    out = run(image_latent)
+    out = run(image_latent, **with_uncond)
     assert out.shape == (1, 3, 2, 4, 48) and bool(jnp.isfinite(out).all())
     np.testing.assert_array_equal(np.asarray(out[:, :1]), np.asarray(image_latent))
     # The image conditions the other frames (through attention), so they depend on it.
-    other = run(_rand((1, 1, 2, 4, 48), seed=6, scale=2.0))
+    other = run(_rand((1, 1, 2, 4, 48), seed=6, scale=2.0), **with_uncond)
     assert float(jnp.abs(other[:, 1:] - out[:, 1:]).max()) > 1e-3
     with pytest.raises(ValueError, match="uncond_context"):
-        stage1.ti2v_image_to_video(
-            params,
-            config,
-            settings,
-            image_latent=image_latent,
-            num_latent_frames=3,
-            context=context,
-            key=jax.random.key(0),
-        )
+        run(image_latent)  # guide_scale 2 without a negative prompt
 
 
 def test_a14b_stage1_conditioning_and_expert_switch(a14b_root):

@@ -23,7 +23,7 @@ from swifti2v_jax.sampling.models import (  # noqa: F401
     inspect_models,
     resolve_model_paths,
 )
-from swifti2v_jax.sampling.orchestrator import FrameSink, GenerationResult
+from swifti2v_jax.sampling.orchestrator import GenerationResult
 from swifti2v_jax.sampling.plan import SizePlan, auto_resolution, plan_sizes  # noqa: F401
 from swifti2v_jax.sampling.residency import CheckpointModels
 
@@ -47,23 +47,14 @@ class SwiftI2VPipeline:
     def needs_negative_prompt(self) -> bool:
         return self.config.needs_negative_prompt
 
-    def generate(
-        self,
-        image,
-        prompt: str,
-        plan: SizePlan,
-        *,
-        negative_prompt: str = "",
-        seed: int = 0,
-        sink: FrameSink | None = None,
-    ) -> GenerationResult:
-        """Runs both stages; `sink` receives uint8 frames [n, H, W, 3] as segments finish.
+    def generate(self, image, prompt: str, plan: SizePlan, **options) -> GenerationResult:
+        """`orchestrator.run` on this pipeline's checkpoints (options: negative_prompt, seed,
+        sink, which receives uint8 frames [n, H, W, 3] as segments finish).
 
         image: an RGB PIL image (any size; resized and centre-cropped to the plan's sizes).
         """
         clock = StageClock()
         models = CheckpointModels(self.paths, self.config, clock)
         return orchestrator.run(
-            models, self.specs, self.config, image, prompt, plan,
-            negative_prompt=negative_prompt, seed=seed, sink=sink, clock=clock,
-        )  # fmt: skip
+            models, self.specs, self.config, image, prompt, plan, clock=clock, **options
+        )
