@@ -56,11 +56,21 @@ def test_segment_frames_cover_the_clip_once():
     assert flat == list(range(1, 33))
 
 
-def test_demo_quality_runs_end_to_end(tmp_path):
+def test_demo_quality_runs_end_to_end(tmp_path, monkeypatch):
     weights = demo_build.build(tmp_path / "random", stage1="ti2v")
     with pytest.raises(ValueError, match="lacks"):
         demo_quality.run(tmp_path, tmp_path / "nothing", clips=1)
+    built = []
+
+    class CountedDenoiser(csg.WindowDenoiser):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(demo_quality.stage2, "WindowDenoiser", CountedDenoiser)
     result = demo_quality.run(weights, tmp_path / "out", clips=1, frames=13, height=128, width=256)
+    # Six Stage II runs (3 protocols x 2 attention modes), one compiled program per mode.
+    assert len(built) == 2 and [d.traces for d in built] == [1, 1]
     names = {"demo_quality.json", "demo_quality.md", "psnr_per_frame.png", "frames.png"}
     assert names <= {p.name for p in (tmp_path / "out").iterdir()}
     saved = json.loads((tmp_path / "out" / "demo_quality.json").read_text())
