@@ -194,7 +194,7 @@ def test_one_window_layout_for_sampling_and_training():
     assert isinstance(sampler, layout.WindowLayout) and isinstance(spec, layout.WindowLayout)
     assert sampler.plan(9) == spec.plan(9) == layout.plan_segments(9, 2, 1)
     assert spec.window_size(9) == 4 and layout.WindowLayout(end_to_end=True).window_size(9) == 9
-    with pytest.raises(ValueError, match="noisy_blocks"):
+    with pytest.raises(ValueError, match="M must be >= 1"):
         loader.WindowSpec(noisy_blocks=0)
     with pytest.raises(ValueError, match="in_dim 96"):
         inputs.check_conditioning("concat", 48, 48)

@@ -55,6 +55,10 @@ def neighbour_mask(is_noisy):
 def validate(num_blocks: int, noisy: int, neighbours: int) -> None:
     if num_blocks < 2:
         raise ValueError(f"CSG needs at least 2 latent blocks (anchor + 1), got {num_blocks}")
+    check_counts(noisy, neighbours)
+
+
+def check_counts(noisy: int, neighbours: int) -> None:
     if noisy < 1:
         raise ValueError(f"noisy blocks per segment M must be >= 1, got {noisy}")
     if neighbours < 0:
@@ -113,11 +117,7 @@ class WindowLayout:
     end_to_end: bool = False  # one window over the whole clip (the baseline)
 
     def __post_init__(self):
-        if self.noisy_blocks < 1 or self.neighbours < 0:
-            raise ValueError(
-                f"CSG needs noisy_blocks >= 1 and neighbours >= 0, got {self.noisy_blocks} "
-                f"and {self.neighbours}"
-            )
+        check_counts(self.noisy_blocks, self.neighbours)
 
     def validate(self, num_blocks: int) -> None:
         validate(num_blocks, self.noisy_blocks, self.neighbours)
