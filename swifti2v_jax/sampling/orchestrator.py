@@ -24,12 +24,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from swifti2v_jax.csg import reference
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
+from swifti2v_jax.progress import bar as progress_bar
 from swifti2v_jax.sampling import stage1, stage2
 from swifti2v_jax.sampling.clock import StageClock, peak_memory
 from swifti2v_jax.sampling.config import PipelineConfig
@@ -134,7 +134,7 @@ def run(
     start = time.perf_counter()
     key_stage1, key_stage2 = jax.random.split(jax.random.key(seed))
     image_hi, image_lo = prepare_images(image, plan)
-    stages = tqdm(
+    stages = progress_bar(
         total=4, desc="SwiftI2V", unit="stage", disable=not config.progress, file=sys.stderr
     )
 
@@ -229,7 +229,7 @@ def _stage2_streaming(
         vae_params, specs.vae, tile_size=memory.decode_tile_size or None,
         tile_overlap=memory.decode_tile_overlap,
     )  # fmt: skip
-    bar = tqdm(
+    bar = progress_bar(
         total=plan.segments, desc="Stage II", unit="segment", disable=not config.progress,
         leave=False, file=sys.stderr,
     )  # fmt: skip

@@ -60,11 +60,13 @@ def plan_sizes(
             f"({step + 1}, {2 * step + 1}, ...), got {frames}; "
             f"try {max(step + 1, (frames - 1) // step * step + 1)}"
         )
-    g2 = granularity(specs.stage2, specs.vae)
+    # One rule for every model (README, --help): multiples of 32, or of the model's own
+    # granularity if that is coarser.
+    g2 = int(np.lcm(image_io.RESOLUTION_MULTIPLE, granularity(specs.stage2, specs.vae)))
     if width % g2 or height % g2 or width < g2 or height < g2:
         raise PipelineError(
-            f"resolution {width}x{height} must be positive multiples of {g2} (VAE stride x "
-            f"patch); try {_round_to(width, g2)}x{_round_to(height, g2)}"
+            f"resolution {width}x{height} must be positive multiples of {g2}; "
+            f"try {_round_to(width, g2)}x{_round_to(height, g2)}"
         )
     g1 = granularity(specs.stage1, specs.stage1_vae)
     notes = []
@@ -105,5 +107,5 @@ def auto_resolution(
     """The size with the image's aspect ratio, area <= max_area, whose Stage I size is exact."""
     g1 = granularity(specs.stage1, specs.stage1_vae)
     g2 = granularity(specs.stage2, specs.vae)
-    multiple = int(np.lcm(g2, g1 * config.stage1.divisor))
+    multiple = int(np.lcm.reduce([image_io.RESOLUTION_MULTIPLE, g2, g1 * config.stage1.divisor]))
     return image_io.best_output_size(*image_size, multiple, multiple, max_area)
