@@ -266,6 +266,30 @@ def test_text_len_must_be_positive():
         pipeline_lib.pipeline_config(config)
 
 
+def test_every_sampler_knob_reaches_its_dataclass():
+    """Each field of the stage1/stage2/memory sections lands in the PipelineConfig; a field
+    the dataclasses do not know is refused with one line, not silently ignored."""
+    raw = sample_configs.get_config("swifti2v_2k")
+    config = pipeline_lib.pipeline_config(raw)
+    for section in ("stage1", "stage2", "memory"):
+        for name, value in raw[section].items():
+            got = getattr(getattr(config, section), name)
+            expected = None if (name, value) == ("guide_scale_low", -1.0) else value
+            assert got == expected, (section, name)
+    assert config.stage1.size is None and config.stage1.divisor == 4
+    raw.stage1.resolution = "640x352"
+    assert pipeline_lib.pipeline_config(raw).stage1.size == (640, 352)
+    raw.stage2.unheard_of = 3
+    with pytest.raises(
+        pipeline_lib.PipelineError, match=r"unknown config\.stage2 field.*unheard_of"
+    ):
+        pipeline_lib.pipeline_config(raw)
+    bad = sample_configs.get_config("demo")
+    bad.stage1.resolution = "wide"
+    with pytest.raises(pipeline_lib.PipelineError, match="stage1.resolution"):
+        pipeline_lib.pipeline_config(bad)
+
+
 def test_size_plan(ti2v_root):
     config = _pipeline_config(noisy_blocks=2)
     paths = pipeline_lib.resolve_model_paths({"root": str(ti2v_root)}, "ti2v")
