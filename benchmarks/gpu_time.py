@@ -40,9 +40,9 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.common import DiTProgram
-from configs import dit as dit_configs
 from conversion import common as conversion_common
 from swifti2v_jax.models.dit import DiTConfig, init_params
+from swifti2v_jax.presets import dit as dit_configs
 from swifti2v_jax.sampling import segments
 
 PRESETS = ("tiny", "small", "small_attention", "ti2v_5b", "a14b")
@@ -60,7 +60,7 @@ def latent_frames(frames: int = TARGET_FRAMES) -> int:
 
 
 def _real(preset: str, **changes) -> DiTConfig:
-    return DiTConfig.from_dict(dit_configs.get_config(preset)).replace(**changes)
+    return DiTConfig.from_dict(dit_configs.get(preset)).replace(**changes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,10 +181,10 @@ def _vae_chunk_costs(variant: str, height: int, width: int) -> dict[str, dict]:
     VAE scans over frames inside a chunk, and XLA's cost analysis counts a scan body once.
     XLA's own numbers are kept alongside ('xla_flops', 'bytes_accessed').
     """
-    from configs import vae as vae_configs
     from swifti2v_jax.models import vae
+    from swifti2v_jax.presets import vae as vae_configs
 
-    cfg = vae.as_config(vae_configs.get_config(variant))
+    cfg = vae.as_config(vae_configs.get(variant))
     params = vae.abstract_params(cfg)
     f32 = np.float32
     first_frames = jax.ShapeDtypeStruct((1, 1, height, width, 3), f32)

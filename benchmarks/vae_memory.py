@@ -274,8 +274,8 @@ def _chunk_plans(params, config, frame, frames, latent) -> dict:
 
 def full_size_plans(height: int, width: int, tile: int, overlap: int) -> dict:
     """The real Wan2.2 VAE at height x width, from abstract shapes only."""
-    from configs import vae as vae_configs
     from swifti2v_jax.models import vae
+    from swifti2v_jax.presets import vae as vae_configs
 
     out = {}
     for dtype in ("float32", "bfloat16"):

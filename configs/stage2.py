@@ -12,13 +12,15 @@ Choices the paper leaves open (learning rate, batch, steps, timestep sampling) a
 import ml_collections
 from ml_collections import config_dict
 
+from swifti2v_jax import presets
+
 
 def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.stage = "stage2"
     config.seed = 0
 
-    # Model: a configs/dit.py preset; overrides left None keep the preset's value.
+    # Model: a DiT preset (swifti2v_jax/presets/dit.py); overrides left None keep its value.
     config.model = "ti2v_5b_concat"
     config.model_overrides = ml_collections.ConfigDict(
         dict(
@@ -139,10 +141,4 @@ def tiny() -> ml_collections.ConfigDict:
 
 
 PRESETS = {"ti2v_5b": _base, "tiny": tiny}
-
-
-def get_config(preset: str = "ti2v_5b") -> ml_collections.ConfigDict:
-    preset = preset or "ti2v_5b"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown stage2 preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset]()
+get_config = presets.dispatch(PRESETS, "ti2v_5b", "stage2")

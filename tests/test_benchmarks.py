@@ -12,12 +12,12 @@ import pytest
 
 from benchmarks import common, csg_scaling, gpu_time
 from benchmarks.common import DiTProgram
-from configs import dit as dit_configs
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
+from swifti2v_jax.presets import dit as dit_configs
 
 
 def _tiny(**changes) -> DiTConfig:
-    return DiTConfig.from_dict(dit_configs.get_config("tiny")).replace(**changes)
+    return DiTConfig.from_dict(dit_configs.get("tiny")).replace(**changes)
 
 
 def test_2k_token_counts_and_segments():

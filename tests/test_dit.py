@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_configs
 from conversion import common
 from conversion import dit as dit_conversion
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models.dit import DiTConfig, WanDiT, abstract_params, init_params
+from swifti2v_jax.presets import dit as dit_configs
 from tests import dit_helpers
 
 torch = pytest.importorskip("torch")
@@ -20,7 +20,7 @@ BATCH, FRAMES, HEIGHT, WIDTH, TEXT_LEN = 2, 3, 6, 10, 12
 
 
 def _config(preset: str) -> DiTConfig:
-    return DiTConfig.from_dict(dit_configs.get_config(preset))
+    return DiTConfig.from_dict(dit_configs.get(preset))
 
 
 def _inputs(config: DiTConfig, seed: int = 0):

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_presets
 from configs import stage1_lora, stage2
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import dit
+from swifti2v_jax.presets import dit as dit_presets
 from swifti2v_jax.training import (
     checkpointing,
     degradation,

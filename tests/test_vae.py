@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import vae as vae_configs
 from conversion.vae import params_from_source
 from swifti2v_jax.models import vae
+from swifti2v_jax.presets import vae as vae_configs
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -40,7 +40,7 @@ def diffusers_kwargs(config: vae.VAEConfig) -> dict:
 @functools.cache
 def build_reference(variant: str, seed: int = 0):
     """A tiny diffusers AutoencoderKLWan with non-trivial norms/biases, and its converted params."""
-    config = vae.as_config(vae_configs.get_config(f"tiny_{variant}"))
+    config = vae.as_config(vae_configs.get(f"tiny_{variant}"))
     torch.manual_seed(seed)
     model = diffusers.AutoencoderKLWan(**diffusers_kwargs(config)).eval().float()
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_config_roundtrip_and_validation():
     with pytest.raises(ValueError, match="unknown"):
         vae.VAEConfig.from_dict({"base_dims": 3})
     with pytest.raises(ValueError, match="unknown VAE preset"):
-        vae_configs.get_config("wan3")
+        vae_configs.get("wan3")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import vae as vae_configs
 from conversion import common
 from conversion import vae as convert_vae
 from conversion.__main__ import convert as convert_all
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import vae
+from swifti2v_jax.presets import vae as vae_configs
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -137,7 +137,7 @@ DOCUMENTED = {  # reference/wan22.md 3.3 (ORIGINAL names and PyTorch shapes)
 
 @pytest.mark.parametrize("variant,count", [("wan22", 196), ("wan21", 194)])
 def test_full_size_key_tables_match_reference(variant, count):
-    config = vae.as_config(vae_configs.get_config(variant))
+    config = vae.as_config(vae_configs.get(variant))
     with torch.device("meta"):
         model = diffusers.AutoencoderKLWan(**diffusers_kwargs(config))
     diffusers_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -23,23 +23,16 @@ clips, a VAE reconstructed frames 3-16 of a 17-frame clip at 12 dB.
 
 import ml_collections
 
+from swifti2v_jax.presets import vae as vae_presets
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "vae"
     c.seed = 0
-    c.vae = ml_collections.ConfigDict(
-        dict(
-            variant="wan22",
-            base_dim=48,
-            dec_dim=48,
-            z_dim=12,
-            dim_mult=[1],
-            num_res_blocks=1,
-            temporal_downsample=[],
-            patch_size=4,
-        )
-    )
+    # The architecture (swifti2v_jax/presets/vae.py "demo"); training replaces the identity
+    # latent normalisation with measured statistics at export.
+    c.vae = vae_presets.get("demo")
     # Training clips: procedural seeds [first_seed, first_seed + num_clips); evaluation and
     # the bundled example use seeds from 1_000_000 (held out).
     c.data = ml_collections.ConfigDict(
