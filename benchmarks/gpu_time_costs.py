@@ -43,7 +43,7 @@ class ClipSettings:
 
     Stage II defaults (8 steps with CFG, i.e. 16 window forwards per segment, 112 per clip):
     the paper's ~111 s per clip on one H800 leaves room for roughly 100-200 window forwards
-    once Stage I and the VAE are paid (reference/swifti2v-paper.md section 7); this run prints
+    once Stage I and the VAE are paid (docs/design.md, "Cost model at 2K"); this run prints
     the H800 utilisation those settings imply.
     """
 

@@ -211,7 +211,7 @@ def test_full_ti2v_5b_compiles_from_abstract_shapes():
 
     config = _config("ti2v_5b").replace(param_dtype="bfloat16")
     params = jax.tree.leaves(abstract_params(config))
-    assert sum(int(np.prod(p.shape)) for p in params) == 4_999_787_712  # reference/wan22.md 1.1
+    assert sum(int(np.prod(p.shape)) for p in params) == 4_999_787_712  # docs/design.md, "Models"
     _, _, compiled = lower_and_compile(config, frames=1, height=704, width=1280)
     assert compiled.memory_analysis().output_size_in_bytes == 1 * 1 * 44 * 80 * 48 * 4
 

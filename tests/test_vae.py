@@ -85,7 +85,7 @@ def test_full_size_presets_match_reference_parameter_counts():
     def millions(tree):
         return round(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)) / 1e6, 1)
 
-    # reference/wan22.md 2.1 and 2.8 (verified by instantiating the official modules)
+    # the release (docs/design.md, "Models"; verified by instantiating the official modules)
     wan22_params = vae.abstract_params(vae_configs.wan22())
     assert millions(wan22_params) == 704.7
     assert millions(wan22_params["encoder"]) == 149.6
@@ -101,7 +101,7 @@ def test_latent_constants_match_diffusers_defaults_and_reference_table():
         model = diffusers.AutoencoderKLWan()
     assert tuple(model.config.latents_mean) == vae.WAN21_LATENTS_MEAN
     assert tuple(model.config.latents_std) == vae.WAN21_LATENTS_STD
-    # spot checks against reference/wan22.md 2.5
+    # spot checks against the release's constants
     assert vae.WAN22_LATENTS_MEAN[19] == 0.5109 and vae.WAN22_LATENTS_STD[39] == 1.6887
     assert vae.WAN22_LATENTS_MEAN[47] == -0.0667 and vae.WAN22_LATENTS_STD[0] == 0.4765
     assert len(vae.WAN22_LATENTS_MEAN) == len(vae.WAN22_LATENTS_STD) == 48

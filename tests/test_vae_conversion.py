@@ -33,8 +33,8 @@ _RES_BLOCK = re.compile(
 
 
 def diffusers_to_original(name: str, variant: str, num_res_blocks: int) -> str:
-    """The inverse of the renaming in reference/wan22.md 3.3, written independently of the
-    converter's forward rules so that a mistake in either shows up."""
+    """The inverse of the Wan VAE renaming (docs/design.md, "Checkpoint key maps"), written
+    independently of the converter's forward rules so that a mistake in either shows up."""
     top = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2."}
     for new, old in top.items():
         if name.startswith(new):
@@ -99,7 +99,7 @@ def assert_trees_equal(a, b):
 # ---------------------------------------------------------------------------------------------
 # Full-size key tables, from meta tensors (no data)
 
-DOCUMENTED = {  # reference/wan22.md 3.3 (ORIGINAL names and PyTorch shapes)
+DOCUMENTED = {  # the release (ORIGINAL names and PyTorch shapes)
     "wan22": {
         "encoder.conv1.weight": (160, 12, 3, 3, 3),
         "decoder.conv1.weight": (1024, 48, 3, 3, 3),

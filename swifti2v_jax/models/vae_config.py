@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from swifti2v_jax import config_fields
 
-# Latent normalisation constants (official vae2_2.py / vae2_1.py; wan22.md 2.5 and 2.8).
+# Latent normalisation constants (official vae2_2.py / vae2_1.py; docs/design.md, "Models").
 WAN22_LATENTS_MEAN = (
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
     -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,

@@ -1,7 +1,7 @@
 """The hybrid reference and the anchor latent that condition Stage II.
 
-Hybrid reference (DESIGN.md): the decoded Stage I video upsampled to the target size
-(bicubic, `jax.image.resize`), with frame 0 replaced by the full-resolution input image,
+Hybrid reference (docs/design.md, "Data flow"): the decoded Stage I video upsampled to the
+target size (bicubic, `jax.image.resize`), with frame 0 replaced by the full-resolution input image,
 encoded with the Stage II (Wan2.2) VAE -> z_ref [B, T, h, w, C]. The anchor is the VAE
 latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1].
 
