@@ -90,15 +90,18 @@ def demo_stage2():
 
 
 PRESETS = {
-    "ti2v_5b": ti2v_5b,
-    "ti2v_5b_concat": ti2v_5b_concat,
-    "i2v_a14b": i2v_a14b,
-    "t2v_a14b": t2v_a14b,
-    "tiny": tiny,
-    "tiny_concat": tiny_concat,
-    "tiny_i2v": tiny_i2v,
-    "demo_stage1": demo_stage1,
-    "demo_stage2": demo_stage2,
+    preset.__name__: preset
+    for preset in (
+        ti2v_5b,
+        ti2v_5b_concat,
+        i2v_a14b,
+        t2v_a14b,
+        tiny,
+        tiny_concat,
+        tiny_i2v,
+        demo_stage1,
+        demo_stage2,
+    )
 }
 DEFAULT = "ti2v_5b"
 

@@ -30,7 +30,7 @@ def tiny():
     return _make(100, 32, 8, 4, 64, 2, "float32")
 
 
-PRESETS = {"umt5_xxl": umt5_xxl, "tiny": tiny}
+PRESETS = {preset.__name__: preset for preset in (umt5_xxl, tiny)}
 DEFAULT = "umt5_xxl"
 
 

@@ -57,13 +57,7 @@ def demo():
     )
 
 
-PRESETS = {
-    "wan22": wan22,
-    "wan21": wan21,
-    "tiny_wan22": tiny_wan22,
-    "tiny_wan21": tiny_wan21,
-    "demo": demo,
-}
+PRESETS = {preset.__name__: preset for preset in (wan22, wan21, tiny_wan22, tiny_wan21, demo)}
 DEFAULT = "wan22"
 
 
