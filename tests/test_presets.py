@@ -81,3 +81,20 @@ def test_training_sections_become_dataclasses_and_reject_unknown_fields():
     config.model_overrides.dropout = 0.1
     with pytest.raises(ConfigFieldError, match="unknown DiT field.*dropout"):
         experiment.model_config(config)
+
+
+def test_sections_from_dataclass_defaults_round_trip_and_keep_types():
+    from swifti2v_jax import config_fields
+    from swifti2v_jax.training.loss import LossConfig
+    from swifti2v_jax.training.optim import OptimizerConfig
+
+    for instance in (LossConfig(), OptimizerConfig(learning_rate=3e-4, decay_steps=None)):
+        section = config_fields.as_section(instance)
+        assert config_fields.from_fields(type(instance), section) == instance
+    section = config_fields.as_section(OptimizerConfig())
+    section.decay_steps = 1000  # a None default stays settable, as an int
+    assert config_fields.from_fields(OptimizerConfig, section).decay_steps == 1000
+    with pytest.raises(TypeError):
+        section.decay_steps = "soon"
+    with pytest.raises(TypeError):
+        section.learning_rate = "fast"
