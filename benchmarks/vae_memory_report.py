@@ -60,16 +60,8 @@ def write_report(out: Path, results: dict) -> None:
     for frames in results["frames"]:
         plans = results["runs"][str(frames)]["jax_full"]["xla"]
         for name, plan in plans.items():
-            plan_rows.append(
-                [
-                    frames,
-                    name,
-                    mb(plan["argument"]),
-                    mb(plan["output"]),
-                    mb(plan["temp"]),
-                    mb(plan["peak"]),
-                ]
-            )
+            cells = [mb(plan[key]) for key in ("argument", "output", "temp", "peak")]
+            plan_rows.append([frames, name, *cells])
     plan_table = common.markdown_table(
         ["frames", "program", "arguments", "outputs", "temp", "peak (arg+out+temp-alias)"],
         plan_rows,
@@ -84,17 +76,8 @@ def write_report(out: Path, results: dict) -> None:
     for dtype in ("float32", "bfloat16"):
         for name in ("encode_step", "decode_step", "decode_first"):
             plan = full[dtype][name]
-            full_rows.append(
-                [
-                    dtype,
-                    name,
-                    mb(plan["argument"]),
-                    mb(plan["output"]),
-                    mb(plan["alias"]),
-                    mb(plan["temp"]),
-                    mb(plan["peak"]),
-                ]
-            )
+            cells = [mb(plan[key]) for key in ("argument", "output", "alias", "temp", "peak")]
+            full_rows.append([dtype, name, *cells])
     tiled = full["tiled_stream_float32"]
     step = tiled["step_plan"]
     full_rows.append(

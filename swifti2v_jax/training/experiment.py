@@ -215,6 +215,5 @@ def place(tree, specs, mesh):
 
 
 def check_batch(config, mesh) -> int:
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    """The per-host batch (batch_size >= 1 is loop.check_config's rule)."""
     return sharding.check_batch_size(config.batch_size, mesh)
