@@ -202,13 +202,9 @@ def main(argv=None):
                                    for f in dataclasses.fields(ClipSettings)})  # fmt: skip
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # before the work: fail early
     report = build_report(args, settings)
-    common.write_json(args.out / "results.json", report)
-    (args.out / "results.md").write_text(markdown(report))
-    plot(report, args.out / "gpu_time.png")
-    print(markdown(report))
-    print(f"wrote {args.out}/results.json, results.md, gpu_time.png")
+    common.write_outputs(args.out, report, markdown, plot, "gpu_time.png")
 
 
 if __name__ == "__main__":
