@@ -8,7 +8,8 @@
 
 Every input is checked before any model runs; a problem ends the run with one line on stderr,
 a non-zero exit status and no output file. The mp4 is written under a temporary name next to
---output and renamed when complete. Flags override the matching --config fields.
+--output and renamed when complete; SIGTERM or Ctrl-C deletes it (a previous --output stays)
+and exits with status 128 + signal number. Flags override the matching --config fields.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from swifti2v_jax import cli
 
 _HERE = Path(__file__).resolve().parent  # also on sys.path: `configs` and the package
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(_HERE / "configs" / "sample.py"),
-    "Sampling config (file[:preset]).",
-    lock_config=True,
-)
+with cli.config_errors("sample.py"):  # applies --config.x overrides already (ml_collections)
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        str(_HERE / "configs" / "sample.py"),
+        "Sampling config (file[:preset]).",
+        lock_config=True,
+    )
 flags.DEFINE_string("image", None, "Input image (default: the bundled example image).")
 flags.DEFINE_string("prompt", None, "Text prompt (default: the example prompt).")
 flags.DEFINE_string("negative_prompt", None, "Negative prompt ('' = Wan2.2's default).")
@@ -76,8 +80,7 @@ _OVERRIDES = {
 }
 
 
-class UsageError(Exception):
-    """Ends the run with a one-line message (no traceback)."""
+UsageError = cli.UserError  # ends the run with a one-line message (no traceback)
 
 
 def log(message: str) -> None:
@@ -198,6 +201,7 @@ def prepare(config) -> Prepared:
     image, note = image_io.load_image(image_path)
     if note:
         log(f"image: {note}")
+    image_name = f"image {image_path}"
     prompt = config.prompt or demo.EXAMPLE_PROMPT
     if not prompt.strip():
         raise UsageError("--prompt is empty")
@@ -217,6 +221,10 @@ def prepare(config) -> Prepared:
         )
         log(f"resolution auto: {size[0]}x{size[1]} for a {image.size[0]}x{image.size[1]} image")
     plan = pipeline.plan(size[0], size[1], frames)
+    image_io.check_large_enough(image.size, plan.stage1_width, plan.stage1_height, image_name)
+    fit = image_io.fit_note(image.size, plan.width, plan.height)
+    if fit:
+        log(f"image: {fit}")
     return Prepared(
         config,
         output,
@@ -313,14 +321,14 @@ def closing_line(summary: dict) -> str:
 
 def main(argv) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from swifti2v_jax import checkpoints
     from swifti2v_jax.io.image import ImageError
     from swifti2v_jax.io.video import VideoError
     from swifti2v_jax.sampling.pipeline import PipelineError
 
     logging.set_verbosity(logging.WARNING)  # keeps Orbax's per-restore INFO lines out
-    config = _CONFIG.value
+    config = cli.config_value(_CONFIG, "sample.py")
     apply_flag_overrides(config)
     enable_compilation_cache(config.compilation_cache_dir)  # before anything compiles
     try:
@@ -337,10 +345,9 @@ def main(argv) -> int:
 
 
 def _fail(error: BaseException) -> int:
-    message = " ".join(str(error).split()) or type(error).__name__
-    print(f"sample.py: error: {message}", file=sys.stderr)
-    return 1
+    print(f"sample.py: error: {cli.one_line(error)}", file=sys.stderr)
+    return cli.EXIT_USER
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main, prog="sample.py", absl_flags=True)

@@ -6,7 +6,9 @@ demo VAE, `stage = 'vae'` configs, training/vae_training.py).
         --config.init_checkpoint=CONVERTED/dit --config.data.path=PREPARED
 
 Running the same command again resumes from the newest complete checkpoint in WORKDIR
-(parameters, optimizer, EMA, step, RNG and the data iterator). SIGTERM saves and exits 0.
+(parameters, optimizer, EMA, step, RNG and the data iterator). SIGTERM saves and exits 0;
+stopped before its first checkpoint (an error, SIGTERM or Ctrl-C during setup), it removes
+what it created in WORKDIR. A configuration problem is one line on stderr (swifti2v_jax/cli.py).
 Outputs: WORKDIR/checkpoints (Orbax), WORKDIR/metrics.jsonl, WORKDIR/tb (TensorBoard events).
 """
 
@@ -16,10 +18,10 @@ import logging as std_logging
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from swifti2v_jax import checkpoints
+from swifti2v_jax import checkpoints, cli
 from swifti2v_jax.training import experiment, loop, optim, sharding, vae_training
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
@@ -123,20 +125,27 @@ class _QuietOrbax(std_logging.Filter):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        raise cli.UserError(f"unexpected arguments {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    config = _CONFIG.value
+    config = cli.config_value(_CONFIG, "train.py")
+    workdir = Path(_WORKDIR.value)
+    if workdir.exists() and not workdir.is_dir():
+        raise cli.UserError(f"--workdir {workdir} exists and is not a directory")
     if config.get("distributed", False):
         jax.distributed.initialize()
-    try:
+    # A run stopped (error, signal) before its first checkpoint leaves no half-made workdir.
+    with cli.new_outputs(workdir, keep=lambda: _has_checkpoint(workdir)):
         if config.get("stage") == "vae":
-            vae_training.train(config, Path(_WORKDIR.value))
+            vae_training.train(config, workdir)
         else:
-            train(config, Path(_WORKDIR.value))
-    except ValueError as error:  # a configuration or data problem: one clear line
-        logging.error("%s", error)
-        raise SystemExit(f"error: {error}") from None
+            train(config, workdir)
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+    directory = workdir / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # ValueError: a configuration or data problem (one line, no traceback).
+    cli.run(main, prog="train.py", user_errors=(ValueError,), absl_flags=True)

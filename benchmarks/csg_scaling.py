@@ -418,4 +418,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m benchmarks.csg_scaling")

@@ -149,4 +149,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m benchmarks.vae_memory")

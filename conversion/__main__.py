@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,13 +96,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lora_scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     only = tuple(c.strip() for c in args.only.split(",") if c.strip())
-    try:
-        convert(args.source, args.output, args.dtype, only, args.lora, args.lora_scale)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    convert(args.source, args.output, args.dtype, only, args.lora, args.lora_scale)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m conversion", user_errors=(ConversionError,))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -18,6 +19,11 @@ import numpy as np
 
 class ConversionError(ValueError):
     """A checkpoint cannot be converted; the message says what is wrong and what to do."""
+
+
+def corrupt(path, detail: str) -> ConversionError:
+    """The one message for a damaged checkpoint file (cut short, bad header, bad archive)."""
+    return ConversionError(f"{path} is corrupt or truncated ({detail}); download or copy it again")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +46,10 @@ class SafetensorsSource(TensorSource):
         self._handles = {}
         self._where: dict[str, Path] = {}
         for file in files:
-            handle = safe_open(str(file), framework="numpy")
+            try:
+                handle = safe_open(str(file), framework="numpy")
+            except Exception as e:  # SafetensorError: bad header, file shorter than it says
+                raise corrupt(file, _first_line(e)) from None
             self._handles[file] = handle
             for key in handle.keys():
                 self._where[key] = file
@@ -49,9 +58,12 @@ class SafetensorsSource(TensorSource):
     def from_dir(cls, directory: Path) -> SafetensorsSource:
         index = sorted(directory.glob("*.safetensors.index.json"))
         if index:
-            with open(index[0]) as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted({directory / name for name in weight_map.values()})
+            index_json = read_json(index[0])
+            try:
+                weight_map = index_json["weight_map"]
+                files = sorted({directory / name for name in weight_map.values()})
+            except (KeyError, TypeError, AttributeError):
+                raise corrupt(index[0], "no 'weight_map' of file names") from None
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise ConversionError(f"shards listed in {index[0]} are missing: {missing}")
@@ -100,6 +112,8 @@ def _read_safetensors_raw(path: Path, name: str) -> np.ndarray:
         start, end = info["data_offsets"]
         f.seek(8 + header_len + start)
         data = f.read(end - start)
+    if len(data) != end - start:
+        raise corrupt(path, f"tensor {name} is cut short")
     return np.frombuffer(data, _SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
 
 
@@ -123,8 +137,14 @@ class _LazyTensor:
 
     def load(self) -> np.ndarray:
         dtype, key = self.storage
-        with self.archive.zip.open(f"{self.archive.prefix}/data/{key}") as f:
-            flat = np.frombuffer(f.read(), dtype=dtype)
+        try:
+            with self.archive.zip.open(f"{self.archive.prefix}/data/{key}") as f:
+                flat = np.frombuffer(f.read(), dtype=dtype)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, zlib.error) as e:
+            raise corrupt(self.archive.path, f"storage {key}: {_first_line(e)}") from None
+        needed = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride)) + 1
+        if min(self.shape, default=1) > 0 and flat.size < needed:
+            raise corrupt(self.archive.path, f"storage {key} holds {flat.size} of {needed} values")
         itemsize = flat.itemsize
         return np.lib.stride_tricks.as_strided(
             flat[self.offset :],
@@ -153,7 +173,9 @@ class _TorchUnpickler(pickle.Unpickler):
             return lambda data, requires_grad, hooks: data
         if module == "torch" and name == "dtype":
             return str
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a .pth file")
+        raise ConversionError(
+            f"{self.archive.path}: refusing to load {module}.{name} (not a state dict)"
+        )
 
     def _rebuild_tensor(self, storage, offset, shape, stride, *args):
         return _LazyTensor(self.archive, storage, offset, shape, stride)
@@ -173,17 +195,25 @@ class TorchPickleSource(TensorSource):
     """A `torch.save`d state dict (zip format), read lazily without torch."""
 
     def __init__(self, path: Path):
+        self.path = path
         if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                magic = f.read(4)
+            if magic.startswith(b"PK"):  # a zip whose end (the central directory) is missing
+                raise corrupt(path, "the zip archive ends early")
             raise ConversionError(
                 f"{path} is not a torch zip checkpoint (re-save it with torch>=1.6)"
             )
-        self.zip = zipfile.ZipFile(path)
-        pkl = [n for n in self.zip.namelist() if n.endswith("data.pkl")]
-        if not pkl:
-            raise ConversionError(f"{path} has no data.pkl; not a torch checkpoint")
-        self.prefix = pkl[0][: -len("/data.pkl")]
-        with self.zip.open(pkl[0]) as f:
-            state = _TorchUnpickler(f, self).load()
+        try:
+            self.zip = zipfile.ZipFile(path)
+            pkl = [n for n in self.zip.namelist() if n.endswith("data.pkl")]
+            if not pkl:
+                raise ConversionError(f"{path} has no data.pkl; not a torch checkpoint")
+            self.prefix = pkl[0][: -len("/data.pkl")]
+            with self.zip.open(pkl[0]) as f:
+                state = _TorchUnpickler(f, self).load()
+        except (zipfile.BadZipFile, EOFError, zlib.error, pickle.UnpicklingError) as e:
+            raise corrupt(path, _first_line(e)) from None
         if (
             isinstance(state, dict)
             and "state_dict" in state
@@ -244,6 +274,20 @@ class DictSource(TensorSource):
 
     def __len__(self):
         return len(self.tensors)
+
+
+def read_json(path: Path):
+    """A checkpoint's JSON file (config, index); a damaged one is named as corrupt."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise corrupt(path, f"not valid JSON: {_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def open_source(path: Path) -> TensorSource:

@@ -11,7 +11,6 @@ maps"), then mapped to a Flax parameter path. Block tensors are written into pre
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -309,8 +308,7 @@ def _renamed(source: common.TensorSource, rename) -> common.RenamedSource:
 
 
 def _read_config(directory: Path) -> dict:
-    with open(directory / "config.json") as f:
-        return json.load(f)
+    return common.read_json(directory / "config.json")
 
 
 def _is_diffusers_transformer(directory: Path) -> bool:

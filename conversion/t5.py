@@ -11,7 +11,6 @@ one); every key is checked before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 from pathlib import Path
@@ -234,8 +233,7 @@ def _encoder_job(
         raw = open_fn()
         hf_config = None
         if hf_config_file is not None:
-            with open(hf_config_file) as f:
-                hf_config = json.load(f)
+            hf_config = common.read_json(hf_config_file)
         source = _OriginalNames(raw) if transformers_names else raw
         if transformers_names:
             _check_tied_embeddings(raw, what)

@@ -11,7 +11,6 @@ the full expected key/shape table of that architecture and mapped to its Flax pa
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -363,8 +362,7 @@ def params_from_source(source, dtype: str = "fp32", latents: Mapping | None = No
 def _diffusers_latents(config_file: Path) -> dict | None:
     if not config_file.is_file():
         return None
-    with open(config_file) as f:
-        fields = json.load(f)
+    fields = common.read_json(config_file)
     if "latents_mean" in fields and "latents_std" in fields:
         return {"latents_mean": fields["latents_mean"], "latents_std": fields["latents_std"]}
     return None

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from swifti2v_jax.data import loader, prepare, records, synthetic, videos
+from swifti2v_jax.io.video import ffmpeg_subprocess
 from swifti2v_jax.sampling import segments
 
 NUM_FRAMES = 13  # -> 4 latent blocks
@@ -29,7 +30,8 @@ def write_video(path: Path, frames: int, height: int = 32, width: int = 48, seed
 
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    with imageio.get_writer(str(path), format="FFMPEG", fps=8, macro_block_size=1) as writer:
+    writer = imageio.get_writer(str(path), format="FFMPEG", fps=8, macro_block_size=1)
+    with ffmpeg_subprocess(), writer:
         for i in range(frames):
             writer.append_data(np.roll(base, 2 * i, axis=1))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -217,6 +219,28 @@ def test_writer_replaces_an_existing_file(tmp_path):
     assert video_io.read_video(path)[0].shape[0] == 2
 
 
+def test_writer_creates_nothing_before_the_first_frame(tmp_path):
+    path = tmp_path / "out.mp4"
+    writer = video_io.VideoWriter(path, 48, 32)
+    assert writer.temporary_path is None and list(tmp_path.iterdir()) == []
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_writer_output_mode_follows_the_umask(tmp_path, umask, mode):
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    previous = os.umask(umask)
+    try:
+        with video_io.VideoWriter(path, 48, 32) as writer:
+            writer.write_frames(_frames(1))
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode
+
+
 def test_writer_rejects_bad_frames_and_sizes(tmp_path):
     path = tmp_path / "out.mp4"
     with pytest.raises(video_io.VideoError, match="even"):
@@ -243,3 +267,23 @@ def test_check_output_path(tmp_path):
         with pytest.raises(video_io.VideoError, match=message):
             video_io.check_output_path(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.mp4", "file"]
+
+
+def test_fit_note_describes_what_resize_and_crop_does():
+    image = Image.new("RGB", (512, 512))
+    fitted = image_io.resize_and_crop(image, 128, 64)
+    assert fitted.size == (128, 64)
+    note = image_io.fit_note(image.size, 128, 64)
+    assert (
+        note == "512x512 downscaled to 128x128 and centre-cropped to 128x64 (aspect ratio differs)"
+    )
+    assert image_io.fit_note((256, 128), 128, 64) is None  # a plain downscale
+    assert image_io.fit_note((64, 32), 128, 64) == "64x32 upscaled to 128x64"
+    assert image_io.fit_note((128, 64), 128, 64) is None
+
+
+def test_images_smaller_than_stage1_are_refused():
+    image_io.check_large_enough((32, 16), 32, 16)
+    for size in [(1, 1), (31, 100), (100, 15)]:
+        with pytest.raises(image_io.ImageError, match="smaller than the Stage I size 32x16"):
+            image_io.check_large_enough(size, 32, 16, "image x.png")

@@ -159,9 +159,9 @@ def iterate_records(
     clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
     paths = videos.list_videos(video_dir)
     if progress:
-        from tqdm import tqdm
+        from swifti2v_jax import progress as progress_lib
 
-        paths = tqdm(paths, desc="preparing", unit="video")
+        paths = progress_lib.bar(paths, desc="preparing", unit="video")
     for index, path in enumerate(paths):
         rng = np.random.default_rng((seed, index))
         try:
@@ -400,4 +400,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m swifti2v_jax.data.prepare")

@@ -65,9 +65,9 @@ def rollout(
     def named_records():
         indices = range(len(source))
         if progress:
-            from tqdm import tqdm
+            from swifti2v_jax import progress as progress_lib
 
-            indices = tqdm(indices, desc="rollout", unit="clip")
+            indices = progress_lib.bar(indices, desc="rollout", unit="clip")
         for index in indices:
             record = records.as_record(source[index])
             key = jax.random.fold_in(jax.random.key(seed), index)
@@ -114,4 +114,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m swifti2v_jax.data.rollout")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from swifti2v_jax.io.video import ffmpeg_subprocess
+
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
@@ -54,7 +56,8 @@ def read_clip(
 
     frames = []
     try:
-        reader = imageio.get_reader(str(path), format="ffmpeg")
+        with ffmpeg_subprocess():
+            reader = imageio.get_reader(str(path), format="ffmpeg")
     except Exception as error:  # imageio raises many types for broken files
         raise VideoError(f"unreadable ({type(error).__name__}: {error})") from None
     try:

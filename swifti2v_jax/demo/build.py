@@ -215,4 +215,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m swifti2v_jax.demo.build")

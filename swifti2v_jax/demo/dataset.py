@@ -98,9 +98,9 @@ def build(
     start = time.time()
     seeds = range(first_seed, first_seed + num_clips)
     if progress:
-        from tqdm import tqdm
+        from swifti2v_jax import progress as progress_lib
 
-        seeds = tqdm(seeds, desc="encoding clips", unit="clip")
+        seeds = progress_lib.bar(seeds, desc="encoding clips", unit="clip")
     for seed in seeds:
         made = clip_records(
             seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype
@@ -155,4 +155,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m swifti2v_jax.demo.dataset")

@@ -352,4 +352,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swifti2v_jax import cli
+
+    cli.run(main, prog="python -m swifti2v_jax.eval.demo_quality")

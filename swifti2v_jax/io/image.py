@@ -27,6 +27,11 @@ _GREY_16 = {"I;16", "I;16L", "I;16B", "I;16N"}
 _TRANSPARENT = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
+# Every output side is a multiple of this (README, sample.py --help; TI2V-5B's VAE stride x
+# patch). The sampling pipeline also applies a model's own, coarser granularity.
+RESOLUTION_MULTIPLE = 32
+
+
 class ImageError(ValueError):
     """The input image is missing, unreadable or in a mode we do not handle."""
 
@@ -96,14 +101,49 @@ def resize_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
     src_w, src_h = image.size
-    scale = max(width / src_w, height / src_h)
-    # Round up so that float error never leaves the resized image a pixel short.
-    new_w = max(width, math.ceil(src_w * scale - 1e-6))
-    new_h = max(height, math.ceil(src_h * scale - 1e-6))
+    new_w, new_h = _cover_size(image.size, width, height)
     if (new_w, new_h) != (src_w, src_h):
         image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
     left, top = (new_w - width) // 2, (new_h - height) // 2
     return image.crop((left, top, left + width, top + height))
+
+
+def _cover_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """The smallest scaled size (same aspect) that covers width x height."""
+    scale = max(width / size[0], height / size[1])
+    # Round up so that float error never leaves the resized image a pixel short.
+    return (
+        max(width, math.ceil(size[0] * scale - 1e-6)),
+        max(height, math.ceil(size[1] * scale - 1e-6)),
+    )
+
+
+def check_large_enough(
+    size: tuple[int, int], min_width: int, min_height: int, name: str = "image"
+) -> None:
+    """Refuses an image smaller than min_width x min_height (the Stage I size): upscaling it
+    further would only invent detail."""
+    if size[0] < min_width or size[1] < min_height:
+        raise ImageError(
+            f"{name} is {size[0]}x{size[1]}, smaller than the Stage I size "
+            f"{min_width}x{min_height}; use an image of at least that size"
+        )
+
+
+def fit_note(size: tuple[int, int], width: int, height: int) -> str | None:
+    """What `resize_and_crop` does to an image of `size` for width x height, as one line for
+    the log, when it changes the picture: a centre crop (part of it is cut away) or an
+    upscale (detail is invented). None for a plain downscale, the normal case."""
+    src_w, src_h = size
+    new_w, new_h = _cover_size(size, width, height)
+    upscaled, cropped = new_w > src_w, (new_w, new_h) != (width, height)
+    if not (upscaled or cropped):
+        return None
+    verb = "upscaled" if upscaled else "downscaled"
+    note = f"{src_w}x{src_h} {verb} to {new_w}x{new_h}"
+    if cropped:
+        note += f" and centre-cropped to {width}x{height} (aspect ratio differs)"
+    return note
 
 
 def to_array(image: Image.Image) -> np.ndarray:

@@ -1,21 +1,37 @@
 """Streaming mp4 writer (imageio-ffmpeg, H.264 / yuv420p) that never leaves a partial file.
 
 Frames go to a hidden temporary file in the output's directory as they arrive
-(`write_frames`); `close()` finishes the encode and renames it to the requested name, and
-`abort()` (also called when the `with` block raises) deletes it. The final name therefore
-only ever holds a complete video.
+(`write_frames`; the file and ffmpeg start with the first frame, so a run stopped before that
+leaves nothing); `close()` finishes the encode, gives the file the mode a new file gets under
+the umask, and renames it to the requested name; `abort()` (also called when the `with` block
+raises) deletes it. The final name therefore only ever holds a complete video, and a previous
+file of that name stays until then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from swifti2v_jax import cli
+
 VIDEO_SUFFIXES = (".mp4",)
+
+
+@contextlib.contextmanager
+def ffmpeg_subprocess() -> Iterator[None]:
+    """Around code that starts ffmpeg through imageio(-ffmpeg): it passes preexec_fn=os.setpgrp
+    (so that Ctrl-C reaches only us), which makes Popen fork in Python, and JAX warns about any
+    fork once it runs threads. This one is a fork+exec (no Python runs in the child): safe."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+        yield
 
 
 class VideoError(ValueError):
@@ -71,7 +87,6 @@ class VideoWriter:
     def __init__(
         self, path: str | os.PathLike, width: int, height: int, fps: float = 24, quality=8
     ):
-        import imageio_ffmpeg
 
         self.path = check_output_path(path)
         if width < 2 or height < 2 or width % 2 or height % 2:
@@ -79,36 +94,41 @@ class VideoWriter:
         if not fps > 0:
             raise VideoError(f"fps must be positive, got {fps}")
         self.width, self.height, self.fps = int(width), int(height), fps
+        self.quality = quality
         self.frames_written = 0
+        self._tmp: Path | None = None  # created with the first frame
+        self._writer = None
+        self._open = True
+
+    @property
+    def temporary_path(self) -> Path | None:
+        return self._tmp
+
+    def _start(self) -> None:
+        import imageio_ffmpeg
+
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".partial.mp4", dir=self.path.parent
         )
         os.close(fd)
         self._tmp = Path(tmp)
-        self._writer = imageio_ffmpeg.write_frames(
-            str(self._tmp),
-            (self.width, self.height),
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            fps=fps,
-            quality=quality,
-            codec="libx264",
-            macro_block_size=2,
-        )
         try:
-            with warnings.catch_warnings():
-                # JAX warns about any fork once it runs threads; this one is a fork+exec of
-                # ffmpeg (no Python runs in the child), which is safe.
-                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+            self._writer = imageio_ffmpeg.write_frames(
+                str(self._tmp),
+                (self.width, self.height),
+                pix_fmt_in="rgb24",
+                pix_fmt_out="yuv420p",
+                fps=self.fps,
+                quality=self.quality,
+                codec="libx264",
+                macro_block_size=2,
+                ffmpeg_log_level="error",  # its warnings (e.g. about an aborted file) are noise
+            )
+            with ffmpeg_subprocess():
                 self._writer.send(None)  # starts ffmpeg
         except BaseException:
-            self._tmp.unlink(missing_ok=True)
+            self._discard()
             raise
-        self._open = True
-
-    @property
-    def temporary_path(self) -> Path:
-        return self._tmp
 
     def write_frames(self, frames) -> None:
         """Appends frames: uint8 [n, H, W, 3] (or one frame [H, W, 3])."""
@@ -123,8 +143,11 @@ class VideoWriter:
             raise VideoError(
                 f"frames must be [n, {self.height}, {self.width}, 3], got {frames.shape}"
             )
-        for frame in frames:
-            self._writer.send(np.ascontiguousarray(frame))
+        with cli.signals_deferred():  # a signal stops us between frames, never inside ffmpeg's
+            if self._tmp is None:
+                self._start()
+            for frame in frames:
+                self._writer.send(np.ascontiguousarray(frame))
         self.frames_written += frames.shape[0]
 
     def close(self) -> Path:
@@ -135,8 +158,10 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise VideoError("no frames were written")
-            self._writer.close()  # waits for ffmpeg to finish the file
-            os.replace(self._tmp, self.path)
+            with cli.signals_deferred():
+                self._writer.close()  # waits for ffmpeg to finish the file
+                os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it 0600
+                os.replace(self._tmp, self.path)
         except BaseException:
             self._discard()
             raise
@@ -150,10 +175,12 @@ class VideoWriter:
 
     def _discard(self) -> None:
         try:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
         except Exception:  # ffmpeg may already be gone; the file is deleted regardless
             pass
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -165,11 +192,17 @@ class VideoWriter:
             self.close()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Reads an mp4 back -> (uint8 frames [n, H, W, 3], fps); for tests and checks."""
     import imageio.v2 as imageio
 
-    with imageio.get_reader(str(path), format="FFMPEG") as reader:
+    with ffmpeg_subprocess(), imageio.get_reader(str(path), format="FFMPEG") as reader:
         fps = float(reader.get_meta_data().get("fps", 0.0))
         frames = np.stack([np.asarray(frame) for frame in reader])
     return frames, fps

@@ -28,7 +28,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from swifti2v_jax import checkpoints
 from swifti2v_jax.io import image as image_io
@@ -36,6 +35,7 @@ from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import t5 as t5_lib
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
+from swifti2v_jax.progress import bar as progress_bar
 from swifti2v_jax.sampling import csg, reference, segments, stage1
 
 STAGES = ("text", "stage1", "reference_encode", "stage2", "decode")
@@ -365,11 +365,13 @@ def plan_sizes(
             f"frames must be {step}k+1 with k >= 1 (5, 9, ..., 81, ...), got {frames}; "
             f"try {max(step + 1, (frames - 1) // step * step + 1)}"
         )
-    g2 = granularity(specs.stage2, specs.vae)
+    # One rule for every model (README, --help): multiples of 32, or of the model's own
+    # granularity if that is coarser.
+    g2 = int(np.lcm(image_io.RESOLUTION_MULTIPLE, granularity(specs.stage2, specs.vae)))
     if width % g2 or height % g2 or width < g2 or height < g2:
         raise PipelineError(
-            f"resolution {width}x{height} must be positive multiples of {g2} (VAE stride x "
-            f"patch); try {_round_to(width, g2)}x{_round_to(height, g2)}"
+            f"resolution {width}x{height} must be positive multiples of {g2}; "
+            f"try {_round_to(width, g2)}x{_round_to(height, g2)}"
         )
     g1 = granularity(specs.stage1, specs.stage1_vae)
     notes = []
@@ -410,7 +412,7 @@ def auto_resolution(
     """The size with the image's aspect ratio, area <= max_area, whose Stage I size is exact."""
     g1 = granularity(specs.stage1, specs.stage1_vae)
     g2 = granularity(specs.stage2, specs.vae)
-    multiple = int(np.lcm(g2, g1 * config.stage1_divisor))
+    multiple = int(np.lcm.reduce([image_io.RESOLUTION_MULTIPLE, g2, g1 * config.stage1_divisor]))
     return image_io.best_output_size(*image_size, multiple, multiple, max_area)
 
 
@@ -532,7 +534,7 @@ class SwiftI2VPipeline:
                 image_io.resize_and_crop(image, plan.stage1_width, plan.stage1_height)
             )
         )[None]
-        stages = tqdm(
+        stages = progress_bar(
             total=4, desc="SwiftI2V", unit="stage", disable=not cfg.progress, file=sys.stderr
         )
 
@@ -704,7 +706,7 @@ class SwiftI2VPipeline:
         decoder = vae_lib.StreamingDecoder(
             vae_params, specs.vae, tile_size=tile, tile_overlap=cfg.memory.decode_tile_overlap
         )
-        bar = tqdm(
+        bar = progress_bar(
             total=plan.segments,
             desc="Stage II",
             unit="segment",
