@@ -325,10 +325,7 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
     for mode, color in zip(MODES, ("C0", "C3")):
@@ -415,13 +412,9 @@ def main(argv=None):
         common.emit_worker_result(worker(json.loads(args.worker)))
         return
     setup = Setup(steps=args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # before the work: fail early
     report = run(setup, args.rounds)
-    common.write_json(args.out / "results.json", report)
-    (args.out / "results.md").write_text(markdown(report))
-    plot(report, args.out / "csg_scaling.png")
-    print(markdown(report))
-    print(f"wrote {args.out}/results.json, results.md, csg_scaling.png")
+    common.write_outputs(args.out, report, markdown, plot, "csg_scaling.png")
 
 
 if __name__ == "__main__":

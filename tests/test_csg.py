@@ -7,17 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_configs
 from swifti2v_jax.csg import inputs as csg_inputs
 from swifti2v_jax.csg import layout
 from swifti2v_jax.models.dit import DiTConfig, WanDiT, init_params
+from swifti2v_jax.presets import dit as dit_configs
 from swifti2v_jax.sampling import stage2 as csg
 
 HW = (4, 4)  # latent height/width: 4 tokens per block after the 2x2 patch
 
 
 def _model(preset="tiny_concat"):
-    config = DiTConfig.from_dict(dit_configs.get_config(preset))
+    config = DiTConfig.from_dict(dit_configs.get(preset))
     return config, init_params(config, jax.random.key(0))
 
 

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_presets
 from configs import stage1_lora, stage2
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import dit
+from swifti2v_jax.presets import dit as dit_presets
 from swifti2v_jax.training import (
     checkpointing,
     experiment,
@@ -33,6 +33,7 @@ from swifti2v_jax.training import (
 )
 from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import state as state_lib
+from tests import tb_events
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 host devices; LLVM optimisation level 0 halves CPU compile time (all runs compared share it).
@@ -150,7 +151,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert sorted(reference) == list(range(1, steps + 1))
     assert (full / "checkpoints" / str(steps)).is_dir()
     tb = list((full / "tb").glob("events.out.tfevents.*"))
-    assert len(tb) == 1 and len(metrics.read_events(tb[0])) == steps + 1
+    assert len(tb) == 1 and len(tb_events.read_events(tb[0])) == steps + 1
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
@@ -395,22 +396,24 @@ def test_partial_checkpoint_is_never_taken_for_a_complete_one(tmp_path):
     assert not unfinished.exists()
 
 
-def test_event_file_format(tmp_path):
-    assert metrics.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    writer = metrics.EventFileWriter(tmp_path)
-    writer.scalars(3, {"loss": 0.5, "learning_rate": 1e-4})
-    writer.scalars(4, {"loss": 0.25})
+def test_metrics_writer_event_files(tmp_path):
+    writer = metrics.MetricsWriter(tmp_path)
+    writer.write(3, {"loss": 0.5, "learning_rate": 1e-4})
+    writer.write(4, {"loss": 0.25})
     writer.close()
-    events = metrics.read_events(writer.path)
+    (path,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    events = tb_events.read_events(path)
     assert events[0]["file_version"] == "brain.Event:2"
     assert events[1]["step"] == 3 and events[1]["loss"] == 0.5
     assert events[1]["learning_rate"] == pytest.approx(1e-4)
     assert events[2] == {"wall_time": events[2]["wall_time"], "step": 4, "loss": 0.25}
-    data = bytearray(writer.path.read_bytes())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 3, "loss": 0.5, "learning_rate": 1e-4}, {"step": 4, "loss": 0.25}]
+    data = bytearray(path.read_bytes())
     data[-6] ^= 0xFF
-    writer.path.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="CRC"):
-        metrics.read_events(writer.path)
+        tb_events.read_events(path)
 
 
 def test_learning_rate_schedule():

@@ -1,8 +1,9 @@
 """The hybrid reference and the anchor latent that condition Stage II: the one builder.
 
-Hybrid reference: a low-resolution video (the decoded Stage I output at sampling; a degraded
-downsampled clip in training data, csg/degradation.py) upsampled to the target size
-(bicubic, `jax.image.resize`), with frame 0 replaced by the full-resolution input image,
+Hybrid reference (docs/design.md, "Data flow"): a low-resolution video (the decoded Stage I
+output at sampling; a degraded downsampled clip in training data, csg/degradation.py)
+upsampled to the target size (bicubic, `jax.image.resize`), with frame 0 replaced by the
+full-resolution input image,
 encoded with the Stage II (Wan2.2) VAE -> z_ref [B, T, h, w, C]. The anchor is the VAE
 latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1]. Sampling,
 data preparation and the demo data set all call `encode_hybrid_reference`, so a model is

@@ -7,7 +7,7 @@ At sampling time a CSG window's neighbour blocks are what the model generated a 
 earlier, never the true latents it trained with, so its errors are copied forward segment
 after segment. This runs CSG over every record (z_ref = its `reference`, anchor = its first
 latent block, its caption embedding) with the sampler of a sample preset
-(sampling/presets.py, the presets of configs/sample.py) and writes
+(presets/sample.py, the presets of configs/sample.py) and writes
 the records again with the result as `generated`; train with
 `--config.csg.generated_neighbours=P` to see those neighbours in a fraction P of examples.
 The output is written all or nothing (prepare.write_dataset).
@@ -28,7 +28,8 @@ import numpy as np
 from swifti2v_jax import checkpoints
 from swifti2v_jax.data import loader, prepare, records
 from swifti2v_jax.models.dit import DiTConfig
-from swifti2v_jax.sampling import orchestrator, presets, stage2
+from swifti2v_jax.presets import sample as sample_presets
+from swifti2v_jax.sampling import orchestrator, stage2
 from swifti2v_jax.sampling.config import pipeline_config
 
 
@@ -50,7 +51,7 @@ def rollout(
     info = prepare.read_dataset_info(data_dir) or {}
     dtype = info.get("dtype", "float16")
     prepare.check_output(out_dir, max(len(source), 1), dtype, overwrite)
-    sampler = pipeline_config(presets.get_config(preset))
+    sampler = pipeline_config(sample_presets.get_config(preset))
     csg_config = sampler.stage2
     model_dict, params = checkpoints.load(stage2_dir, kind="dit")
     model_config = DiTConfig.from_dict(model_dict)
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="prepared records (stage2 layout)")
     parser.add_argument("--stage2", required=True, help="Stage II DiT checkpoint folder")
     parser.add_argument("--out", required=True, help="output folder (new or --overwrite)")
-    parser.add_argument("--preset", default="demo", help="sample preset (sampling/presets.py)")
+    parser.add_argument("--preset", default="demo", help="sample preset (presets/sample.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

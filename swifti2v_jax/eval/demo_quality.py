@@ -48,7 +48,8 @@ from swifti2v_jax.eval import metrics
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
-from swifti2v_jax.sampling import orchestrator, presets, stage2
+from swifti2v_jax.presets import sample as sample_presets
+from swifti2v_jax.sampling import orchestrator, stage2
 from swifti2v_jax.sampling.config import pipeline_config as make_pipeline_config
 from swifti2v_jax.sampling.residency import ResidentModels
 
@@ -277,7 +278,7 @@ def run(
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     start = time.time()
-    sample_config = presets.get_config("demo")
+    sample_config = sample_presets.get_config("demo")
     if height is None or width is None:
         width, height = image_io.parse_size(sample_config.resolution)
     pipeline_config = make_pipeline_config(sample_config)

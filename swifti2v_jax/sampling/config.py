@@ -1,6 +1,6 @@
 """The sampler settings as dataclasses: one field per knob, built from a config by one converter.
 
-`pipeline_config(config)` reads the ml_collections config of sampling/presets.py (what
+`pipeline_config(config)` reads the ml_collections config of presets/sample.py (what
 configs/sample.py returns): every PipelineConfig field is taken from the top level of the
 config, the nested sections (`stage1`, `stage2`, `memory`) go through
 `config_fields.from_fields`, which coerces by annotation and rejects unknown names. Other
@@ -73,7 +73,7 @@ class PipelineConfig:
 
 
 def pipeline_config(config: Mapping) -> PipelineConfig:
-    """PipelineConfig from a sample config (sampling/presets.py); PipelineError if invalid."""
+    """PipelineConfig from a sample config (presets/sample.py); PipelineError if invalid."""
     fields = config_fields.as_dict(config)
     wanted = {
         f.name: fields[f.name] for f in dataclasses.fields(PipelineConfig) if f.name in fields

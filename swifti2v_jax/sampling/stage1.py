@@ -1,11 +1,11 @@
 """Stage I: the low-resolution motion reference, with either Wan2.2 image-to-video backbone.
 
-* TI2V-5B image-to-video mode (reference/wan22.md 1.9): latent frame 0 is the clean image
+* TI2V-5B image-to-video mode (docs/design.md, "Models"): latent frame 0 is the clean image
   latent with timestep 0, every other frame is noise with the step's timestep; frame 0 is
   re-imposed after every solver step (here: never updated, via the loop's update mask).
-* I2V-A14B (wan22.md 1.10): the model input is [noisy latent (16) | mask (4) | image latent
-  (16)] on channels; the image latent encodes [image, 0, 0, ...] with the Wan2.1 VAE, the
-  mask is 1 on latent frame 0. Two experts: t >= boundary * 1000 runs the high-noise one.
+* I2V-A14B (docs/design.md, "Models"): the model input is [noisy latent (16) | mask (4) |
+  image latent (16)] on channels; the image latent encodes [image, 0, 0, ...] with the Wan2.1
+  VAE, the mask is 1 on latent frame 0. Two experts: t >= boundary * 1000 runs the high-noise one.
   Few-step (Lightning LoRAs merged at conversion): 4 Euler steps, shift 5, guidance 1.
 
 Each sampler is one jitted program (all steps in a `lax.fori_loop`), cached per model config

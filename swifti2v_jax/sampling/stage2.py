@@ -5,7 +5,8 @@ ALL sampling steps in one jitted function whose shapes do not depend on the clip
 which segment it is: the block layout (is_noisy, positions) is a traced argument, so the first
 and last segments reuse the program compiled for the first one.
 
-Inside a window (the model input is csg/inputs.py, shared with training):
+Inside a window (docs/design.md, "CSG rules"; the model input is csg/inputs.py, shared with
+training):
 - context blocks (anchor, neighbours) are never updated; the anchor is clean with timestep 0,
   neighbours too unless `neighbour_sigma` > 0: then they are noised to that level and get
   its timestep, as a model trained with `loss.neighbour_noise` expects (generated

@@ -1,6 +1,6 @@
 """Everything train.py builds from its ml_collections config, in small testable pieces.
 
-Config layout (configs/stage2.py, configs/stage1_lora.py): `model` (a configs/dit.py preset)
+Config layout (configs/stage2.py, configs/stage1_lora.py): `model` (a presets/dit.py name)
 + `model_overrides`, `init_checkpoint`, `lora`, `loss`, `csg`, `optimizer`, `data`, `mesh`,
 `checkpoint`, `batch_size` (global), `num_steps`, `text_len`, `seed`, `log_every`.
 """
@@ -15,11 +15,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from configs import dit as dit_presets
+from swifti2v_jax import config_fields
 from swifti2v_jax.csg import layout
 from swifti2v_jax.data import loader as loader_lib
 from swifti2v_jax.data import prepare, records, synthetic
 from swifti2v_jax.models import dit
+from swifti2v_jax.presets import dit as dit_presets
 from swifti2v_jax.training import lora, optim, sharding
 from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import state as state_lib
@@ -28,29 +29,21 @@ from swifti2v_jax.training.loss import LossConfig
 
 
 def model_config(config) -> dit.DiTConfig:
-    fields = dit_presets.get_config(config.model).to_dict()
-    for name, value in config.model_overrides.items():
-        if value is not None:
-            fields[name] = value
-    return dit.DiTConfig.from_dict(fields)
+    return dit_presets.config(config.model, **config.model_overrides)
 
 
 def loss_config(config) -> LossConfig:
-    return LossConfig.from_config(config.loss)
+    return config_fields.from_fields(LossConfig, config.loss, "loss")
 
 
 def optimizer_config(config) -> optim.OptimizerConfig:
-    return optim.OptimizerConfig.from_config(config.optimizer)
+    return config_fields.from_fields(optim.OptimizerConfig, config.optimizer, "optimizer")
 
 
 def window_spec(config) -> loader_lib.WindowSpec:
-    return loader_lib.WindowSpec(
-        noisy_blocks=config.csg.noisy_blocks,
-        neighbours=config.csg.neighbours,
-        end_to_end=config.csg.end_to_end,
-        text_len=config.text_len,
-        generated_neighbours=config.csg.get("generated_neighbours", 0.0),
-    )
+    """The `csg` section (the window layout and generated_neighbours) + text_len."""
+    fields = {**config_fields.as_dict(config.csg), "text_len": config.text_len}
+    return config_fields.from_fields(loader_lib.WindowSpec, fields, "csg")
 
 
 def check_model_against_loss(model: dit.DiTConfig, loss: LossConfig) -> None:
@@ -214,6 +207,5 @@ def place(tree, specs, mesh):
 
 
 def check_batch(config, mesh) -> int:
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    """The per-host batch (batch_size >= 1 is loop.check_config's rule)."""
     return sharding.check_batch_size(config.batch_size, mesh)

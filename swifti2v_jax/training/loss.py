@@ -75,15 +75,6 @@ class LossConfig:
         if self.degradation_factor < 1 or self.degradation_noise < 0:
             raise ValueError("degradation_factor must be >= 1 and degradation_noise >= 0")
 
-    @classmethod
-    def from_config(cls, fields) -> LossConfig:
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(fields) - names
-        if unknown:
-            raise ValueError(f"unknown loss config fields {sorted(unknown)}")
-        return cls(**fields)
-
 
 def sampler_conditioning(conditioning: str) -> str:
     """The loss's conditioning name as csg/inputs.py spells it ('none' feeds x alone)."""

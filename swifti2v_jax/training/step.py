@@ -1,12 +1,12 @@
 """One optimizer step, data-parallel under `jax.shard_map` over the 'data' mesh axis.
 
-Gradient reduction (checked on jax 0.10.2, DESIGN.md): inside shard_map the gradient of a
-device-local loss with respect to a replicated parameter comes back already summed over the
-axis, and through an FSDP all_gather it comes back reduce-scattered (summed, then sliced). So
-the local loss is the local squared-error sum divided by the GLOBAL element count: the summed
-gradient is then exactly the gradient of the global mean, and no pmean is added on top (that
-would multiply it by the device count). tests/training_parallel_check.py proves 8 devices ==
-1 device.
+Gradient reduction (checked on jax 0.10.2; docs/design.md, "Gradient reduction"): inside
+shard_map the gradient of a device-local loss with respect to a replicated parameter comes back
+already summed over the axis, and through an FSDP all_gather it comes back reduce-scattered
+(summed, then sliced). So the local loss is the local squared-error sum divided by the GLOBAL
+element count: the summed gradient is then exactly the gradient of the global mean, and no pmean
+is added on top (that would multiply it by the device count). tests/training_parallel_check.py
+proves 8 devices == 1 device.
 """
 
 from __future__ import annotations

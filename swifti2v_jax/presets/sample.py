@@ -20,11 +20,8 @@ know is an error, never silently ignored.
 
 import ml_collections
 
-# The prompt rows the demo DiTs are trained with (configs/demo/common.py imports it): a model
-# must be sampled with the length it was trained with.
-DEMO_TEXT_LEN = 64
-
-PRESETS = ("demo", "swifti2v_2k", "swifti2v_2k_ti2v", "swifti2v_2k_concat")
+from swifti2v_jax.presets import dispatch
+from swifti2v_jax.presets.dit import DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -172,14 +169,11 @@ def swifti2v_2k_concat() -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
-    builders = {
-        "demo": demo,
-        "swifti2v_2k": swifti2v_2k,
-        "swifti2v_2k_ti2v": swifti2v_2k_ti2v,
-        "swifti2v_2k_concat": swifti2v_2k_concat,
-    }
-    preset = preset or "demo"
-    if preset not in builders:
-        raise ValueError(f"unknown sample preset {preset!r}; choose one of {PRESETS}")
-    return builders[preset]()
+PRESETS = {
+    "demo": demo,
+    "swifti2v_2k": swifti2v_2k,
+    "swifti2v_2k_ti2v": swifti2v_2k_ti2v,
+    "swifti2v_2k_concat": swifti2v_2k_concat,
+}
+DEFAULT = "demo"
+get_config = dispatch(PRESETS, DEFAULT, "sample")
