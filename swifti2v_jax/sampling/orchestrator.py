@@ -6,7 +6,7 @@
                                           image) ─ Wan2.2 VAE encode ─ z_ref; anchor = encode(image)
     Stage II CSG (concat or refine) ─ each finished segment ─ streaming VAE decode ─ sink
 
-Each stage is a function of (parameters, inputs) that loads nothing: `encode_text`,
+Each stage is a function of (models, inputs) that loads nothing itself: `encode_text`,
 `stage1_video`, `reference_latents`, `stage2_latents`. `run` chains them; it asks a model
 source (sampling/residency.py) for each model when its stage starts and tells it when a stage
 ends, so what is resident when is the source's policy, not the orchestrator's. sample.py (via

@@ -138,10 +138,8 @@ class CheckpointModels:
         self._stage1_dits = []
 
     def get_vae(self):
-        # Stage I and II share the VAE with TI2V-5B: loaded once
-        if self.paths.vae == self.paths.stage1_vae:
-            with self.clock("load"):
-                vae, self._stage1_vae = self._stage1_vae, None
+        if self.paths.vae == self.paths.stage1_vae:  # shared with TI2V-5B: loaded once
+            vae, self._stage1_vae = self._stage1_vae, None
             return vae
         return self._load(self.paths.vae, "vae")
 
