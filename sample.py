@@ -41,7 +41,7 @@ flags.DEFINE_string("prompt", None, "Text prompt (default: the example prompt)."
 flags.DEFINE_string("negative_prompt", None, "Negative prompt ('' = Wan2.2's default).")
 flags.DEFINE_string("output", None, "Output .mp4 path.")
 flags.DEFINE_integer("seed", None, "Random seed.")
-flags.DEFINE_integer("frames", None, "Number of frames, 4k+1 (e.g. 81).")
+flags.DEFINE_integer("frames", None, "Number of frames, k x the VAE stride + 1 (e.g. 81).")
 flags.DEFINE_string("resolution", None, "Output WIDTHxHEIGHT (multiples of 32) or 'auto'.")
 flags.DEFINE_integer("stage1_steps", None, "Stage I sampling steps.")
 flags.DEFINE_integer("stage2_steps", None, "Stage II sampling steps.")
@@ -183,15 +183,9 @@ def prepare(config) -> Prepared:
     from swifti2v_jax.io import video as video_io
     from swifti2v_jax.sampling import pipeline as pipeline_lib
 
-    # 1. Inputs that need no model: output paths, frames, resolution format, the image.
+    # 1. Inputs that need no model: output paths, resolution format, the image.
     output = video_io.check_output_path(config.output)
     summary_path = _check_summary_path(config.summary) if config.summary else None
-    frames = config.frames
-    if frames < 5 or (frames - 1) % 4:
-        suggestion = max(5, (frames - 1) // 4 * 4 + 1)
-        raise UsageError(
-            f"--frames must be 4k+1 with k >= 1 (5, 9, ..., 81), got {frames}; try {suggestion}"
-        )
     resolution = str(config.resolution).strip().lower()
     try:
         size = None if resolution == "auto" else image_io.parse_size(resolution)
@@ -206,9 +200,10 @@ def prepare(config) -> Prepared:
     if not prompt.strip():
         raise UsageError("--prompt is empty")
 
-    # 2. Checkpoints: config files only (no weights yet), then sizes against the models.
+    # 2. Checkpoints: config files only (no weights yet), then sizes and the frame count
+    #    against the models (the VAE's temporal stride).
     checkpoints, demo_note, random_demo = resolve_checkpoints(config)
-    pipeline_config = pipeline_lib.PipelineConfig.from_config(config)
+    pipeline_config = pipeline_lib.pipeline_config(config)
     if not config.text_cache_dir:
         pipeline_config = dataclasses.replace(
             pipeline_config, text_cache_dir=demo.cache_root() / "text"
@@ -220,7 +215,7 @@ def prepare(config) -> Prepared:
             pipeline.specs, pipeline_config, image.size, int(config.max_area)
         )
         log(f"resolution auto: {size[0]}x{size[1]} for a {image.size[0]}x{image.size[1]} image")
-    plan = pipeline.plan(size[0], size[1], frames)
+    plan = pipeline.plan(size[0], size[1], int(config.frames))
     image_io.check_large_enough(image.size, plan.stage1_width, plan.stage1_height, image_name)
     fit = image_io.fit_note(image.size, plan.width, plan.height)
     if fit:

@@ -15,7 +15,6 @@ Outputs: WORKDIR/checkpoints (Orbax), WORKDIR/metrics.jsonl, WORKDIR/tb (TensorB
 from __future__ import annotations
 
 import logging as std_logging
-import time
 from pathlib import Path
 
 import jax
@@ -23,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from swifti2v_jax import checkpoints, cli
-from swifti2v_jax.training import checkpointing, experiment, metrics, optim, sharding, vae_training
+from swifti2v_jax.training import experiment, loop, optim, sharding, vae_training
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
 
@@ -32,35 +31,32 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and event files go here")
 flags.mark_flags_as_required(["config", "workdir"])
-MODEL_DIR = "model"  # WORKDIR/model: the finished run's model directory
 
 
 def train(config, workdir: Path) -> int:
-    """The training loop; returns the last step reached."""
+    """A DiT training run (Stage II, Stage I LoRA, the demo DiTs); returns the last step."""
     # --- everything a user can get wrong is checked here, before compiling or loading weights
     model_config = experiment.model_config(config)
     loss_config = experiment.loss_config(config)
     opt_config = experiment.optimizer_config(config)
     experiment.check_model_against_loss(model_config, loss_config)
     experiment.check_init(config)
-    if config.num_steps < 1 or config.log_every < 1 or config.checkpoint.every < 1:
-        raise ValueError("num_steps, log_every and checkpoint.every must be >= 1")
     mesh = sharding.make_mesh(
         config.mesh.num_devices, config.mesh.fsdp, config.mesh.get("data_size", 1)
     )
+    experiment.resolve_batch_size(config, mesh)
+    loop.check_config(config)
     per_host_batch = experiment.check_batch(config, mesh)
-    batch_size = experiment.global_batch_size(config, mesh)
     source, data_info = experiment.make_source(config)
     experiment.check_data_against_model(data_info, model_config, config)
     experiment.check_windows(config, data_info)
     logging.info(
         "mesh %s (fsdp=%s), global batch %d, %d process(es)",
-        dict(mesh.shape), config.mesh.fsdp, batch_size, jax.process_count(),
+        dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_count(),
     )  # fmt: skip
 
-    # --- state layout, then restore or initialise
+    # --- state layout (restored or initialised by the loop) and the step
     optimizer = optim.make_optimizer(opt_config, config.num_steps)
-    schedule = optim.learning_rate_schedule(opt_config, config.num_steps)
     parameters = experiment.make_parameters(config, model_config)
     use_ema = opt_config.ema_decay > 0
     create = lambda params: state_lib.create_state(params, optimizer, config.seed, use_ema)
@@ -74,26 +70,11 @@ def train(config, workdir: Path) -> int:
     )
     frozen = experiment.place(parameters.frozen, frozen_specs, mesh)
 
-    data = experiment.make_loader(config, source, data_info, per_host_batch)
-    data_iterator = iter(data)
-    checkpointer = checkpointing.Checkpointer(
-        workdir / "checkpoints", keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
-    )
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        logging.info("resuming from the checkpoint at step %d", latest)
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state,
-            state_shardings,
-        )
-        state = checkpointer.restore(latest, target, data_iterator)
-    else:
+    def init_state():
         params = experiment.place(parameters.load_trainable(), state_specs.params, mesh)
-        state = jax.jit(create, out_shardings=state_shardings)(params)
-    step = int(jax.device_get(state.step))
+        return jax.jit(create, out_shardings=state_shardings)(params)
 
-    train_step = step_lib.make_train_step(
+    step_fn = step_lib.make_train_step(
         model_config=model_config,
         loss_config=loss_config,
         optimizer=optimizer,
@@ -104,53 +85,31 @@ def train(config, workdir: Path) -> int:
         frozen_specs=frozen_specs,
         compose=parameters.compose,
     )
-    writer = metrics.MetricsWriter(workdir)
-    watcher = checkpointing.PreemptionWatcher(checkpointer, multi_host=jax.process_count() > 1)
-    tokens = experiment.tokens_per_example(data_info, model_config, config) * batch_size
-    last_time, last_step = time.time(), step
 
-    # --- the loop
-    while step < config.num_steps:
-        batch = sharding.global_batch(next(data_iterator), mesh)
-        state, step_metrics = train_step(state, batch, frozen)
-        step += 1
-        if step % config.log_every == 0 or step == config.num_steps:
-            values = jax.device_get(step_metrics)
-            elapsed = max(time.time() - last_time, 1e-9)
-            steps_done = step - last_step
-            writer.write(
-                step,
-                {
-                    "loss": values["loss"],
-                    "grad_norm": values["grad_norm"],
-                    "learning_rate": schedule(step - 1),
-                    "samples_per_sec": steps_done * batch_size / elapsed,
-                    "tokens_per_sec": steps_done * tokens / elapsed,
-                },
-            )
-            last_time, last_step = time.time(), step
-        if step % config.checkpoint.every == 0 or step == config.num_steps:
-            checkpointer.save(step, state, data_iterator)
-        if watcher.should_stop(step):
-            checkpointer.save(step, state, data_iterator)
-            logging.warning("preempted: saved the checkpoint at step %d, stopping", step)
-            break
+    def export(state, step: int, out_dir: Path):
+        export_model(out_dir, state, parameters, model_config, use_ema, step)
 
-    checkpointer.close()  # waits for the last async save to be complete on disk
-    watcher.close()
-    writer.close()
-    logging.info("done at step %d (checkpoints in %s)", step, checkpointer.directory)
-    if step >= config.num_steps:
-        export_model(workdir / MODEL_DIR, state, parameters, model_config, use_ema, step)
-    return step
+    task = loop.Task(
+        abstract_state=jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            state_shardings,
+        ),
+        init_state=init_state,
+        data_iterator=iter(experiment.make_loader(config, source, data_info, per_host_batch)),
+        train_step=lambda state, batch: step_fn(state, sharding.global_batch(batch, mesh), frozen),
+        learning_rate=optim.learning_rate_schedule(opt_config, config.num_steps),
+        export=export,
+        tokens_per_batch=experiment.tokens_per_example(data_info, model_config, config)
+        * config.batch_size,
+        multi_host=jax.process_count() > 1,
+    )
+    return loop.run(task, config, workdir)
 
 
 def export_model(out_dir: Path, state, parameters, model_config, use_ema: bool, step: int):
     """WORKDIR/model: the finished run's DiT (EMA if kept, LoRA merged) as a model directory
     that sample.py loads (--config.checkpoints.stage2=...)."""
-    if out_dir.exists():
-        logging.info("%s exists: not exporting again", out_dir)
-        return
     if jax.process_count() > 1:  # FSDP shards live on other hosts: use the Orbax checkpoint
         logging.info("multi-host run: no %s export (sample from the Orbax checkpoint)", out_dir)
         return

@@ -434,6 +434,27 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def write_outputs(out: Path, report: dict, markdown, plot, figure: str) -> None:
+    """A benchmark's results: OUT/results.json, OUT/results.md (also printed) and its figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", report)
+    text = markdown(report)
+    (out / "results.md").write_text(text)
+    plot(report, out / figure)
+    print(text)
+    print(f"wrote {out}/results.json, results.md, {figure}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (benchmarks never open windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _to_json(value):
     if isinstance(value, np.generic):
         return value.item()

@@ -35,7 +35,8 @@ import numpy as np
 from benchmarks import common
 from benchmarks.common import DiTProgram
 from swifti2v_jax.models.dit import DiTConfig
-from swifti2v_jax.sampling import csg, solvers
+from swifti2v_jax.sampling import solvers
+from swifti2v_jax.sampling import stage2 as csg
 
 FRAMES = (5, 9, 17, 33)
 MODES = ("csg", "end_to_end")
@@ -118,7 +119,7 @@ def worker(task: dict) -> dict:
         return result
     config = setup.csg_config(mode)
     denoiser = csg.WindowDenoiser(model, config)
-    out = csg.generate(params, model, config, **inputs, key=jax.random.key(0), denoiser=denoiser)
+    out = csg.generate(denoiser, params, **inputs, key=jax.random.key(0))
     common.block(out)
     result["peak_rss_bytes"] = common.peak_rss_bytes()  # before the extra compile below
     result["finite"] = bool(np.isfinite(np.asarray(out)).all())
@@ -142,9 +143,8 @@ def time_all(setup: Setup, rounds: int) -> dict:
                 denoisers[f"end_to_end_{frames}"] = denoiser
             else:
                 denoiser = denoisers["csg"]
-            config = setup.csg_config(mode)
-            fns[f"{mode}_{frames}"] = lambda i=inputs, c=config, d=denoiser: csg.generate(
-                params, model, c, **i, key=jax.random.key(0), denoiser=d
+            fns[f"{mode}_{frames}"] = lambda i=inputs, d=denoiser: csg.generate(
+                d, params, **i, key=jax.random.key(0)
             )
     timings = common.time_round_robin(fns, rounds=rounds, warmup=1)
     compilations = {name: d.traces for name, d in denoisers.items()}
@@ -325,10 +325,7 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
     for mode, color in zip(MODES, ("C0", "C3")):
@@ -415,13 +412,9 @@ def main(argv=None):
         common.emit_worker_result(worker(json.loads(args.worker)))
         return
     setup = Setup(steps=args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # before the work: fail early
     report = run(setup, args.rounds)
-    common.write_json(args.out / "results.json", report)
-    (args.out / "results.md").write_text(markdown(report))
-    plot(report, args.out / "csg_scaling.png")
-    print(markdown(report))
-    print(f"wrote {args.out}/results.json, results.md, csg_scaling.png")
+    common.write_outputs(args.out, report, markdown, plot, "csg_scaling.png")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from configs import dit as dit_configs
 from swifti2v_jax.models.dit import DiTConfig, WanDiT, abstract_params
+from swifti2v_jax.presets import dit as dit_configs
 
 
 def lower_and_compile(config: DiTConfig, frames: int, height: int, width: int, text_len: int = 512):
@@ -63,7 +63,7 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dit_compile"))
     args = parser.parse_args(argv)
-    base = DiTConfig.from_dict(dit_configs.get_config(args.preset)).replace(param_dtype="bfloat16")
+    base = DiTConfig.from_dict(dit_configs.get(args.preset)).replace(param_dtype="bfloat16")
     runs = []
     for scan in (True, False):
         config = base.replace(scan_layers=scan)

@@ -17,22 +17,29 @@ two-expert timestep split; this config trains TI2V-layout backbones (`ti2v_5b`, 
 import ml_collections
 
 from configs import stage2
+from swifti2v_jax import presets
 
 
-def _base() -> ml_collections.ConfigDict:
-    config = stage2.get_config("ti2v_5b")
+def _as_stage1(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+    """A Stage II training config turned into Stage I LoRA on the TI2V layout."""
     config.stage = "stage1_lora"
-    config.model = "ti2v_5b"
+    config.model = model
     config.lora.enabled = True
-    config.lora.rank = 32
-    config.lora.alpha = 32.0
+    config.csg.noisy_blocks = 3
     config.csg.end_to_end = True
     config.loss.conditioning = "none"
     config.loss.online_degradation = "none"
     config.loss.shift = 5.0  # Wan's sampling shift; noisier training times suit few-step use
-    config.optimizer.learning_rate = 1e-4
     config.optimizer.weight_decay = 0.0
     config.optimizer.ema_decay = 0.0  # adapters are small; no EMA by default
+    return config
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = _as_stage1(stage2.get_config("ti2v_5b"), "ti2v_5b")
+    config.lora.rank = 32
+    config.lora.alpha = 32.0
+    config.optimizer.learning_rate = 1e-4
     config.batch_size = 32
     config.num_steps = 5_000
     config.data.synthetic.num_blocks = 21
@@ -42,32 +49,11 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def tiny() -> ml_collections.ConfigDict:
-    config = _base()
-    tiny_stage2 = stage2.get_config("tiny")
-    config.model = "tiny"
-    config.model_overrides.attention_backend = "xla"
-    config.model_overrides.remat = "none"
-    config.allow_random_init = True
-    config.text_len = tiny_stage2.text_len
-    config.data = tiny_stage2.data
+    config = _as_stage1(stage2.get_config("tiny"), "tiny")
     config.lora.rank = 4
     config.lora.alpha = 4.0
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 2
-    config.batch_size = 8
-    config.num_steps = 20
-    config.checkpoint.every = 10
-    config.log_every = 5
-    config.mesh.fsdp = False
-    config.mesh.fsdp_min_size = 256
     return config
 
 
 PRESETS = {"ti2v_5b": _base, "tiny": tiny}
-
-
-def get_config(preset: str = "ti2v_5b") -> ml_collections.ConfigDict:
-    preset = preset or "ti2v_5b"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown stage1_lora preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset]()
+get_config = presets.dispatch(PRESETS, "ti2v_5b", "stage1_lora")

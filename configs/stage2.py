@@ -12,20 +12,23 @@ Choices the paper leaves open (learning rate, batch, steps, timestep sampling) a
 import ml_collections
 from ml_collections import config_dict
 
+from swifti2v_jax import config_fields, presets
+from swifti2v_jax.training.loss import LossConfig
+from swifti2v_jax.training.optim import OptimizerConfig
+
 
 def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.stage = "stage2"
     config.seed = 0
 
-    # Model: a configs/dit.py preset; overrides left None keep the preset's value.
+    # Model: a DiT preset (swifti2v_jax/presets/dit.py); overrides left None keep its value.
     config.model = "ti2v_5b_concat"
     config.model_overrides = ml_collections.ConfigDict(
         dict(
-            # The preset (configs/dit.py) says remat 'none' and chunked attention, for sampling.
             # Training a 2K window needs remat (models/dit.py REMAT_POLICIES: 'full' fits
             # v5e-64 and v6e-16, docs/sharding.md) and, on TPU, splash attention; on GPU/CPU
-            # set attention_backend='cudnn' / 'chunked' (bounded memory backward too).
+            # set attention_backend='cudnn' / 'chunked' (bounded-memory backward too).
             remat="full",
             attention_backend="splash",
             compute_dtype=config_dict.placeholder(str),
@@ -46,40 +49,13 @@ def _base() -> ml_collections.ConfigDict:
     # records' `generated` latents, added by `python -m swifti2v_jax.data.rollout`).
     config.csg.generated_neighbours = 0.0
     config.text_len = 512
-    config.loss = ml_collections.ConfigDict(
-        dict(
-            conditioning="concat",
-            timestep_sampling="logit_normal",
-            logit_mean=0.0,
-            logit_std=1.0,
-            shift=1.0,
-            anchor_dropout=0.0,
-            # > 0: neighbour blocks noised to U(0, this) (sample with stage2.neighbour_sigma)
-            neighbour_noise=0.0,
-            # Precomputed (prepare.py) references are already degraded; this adds latent-space
-            # blur + noise on device on top ('none' to use them as they are).
-            online_degradation="none",
-            degradation_factor=2,
-            degradation_noise=0.1,
-        )
-    )
-
-    config.optimizer = ml_collections.ConfigDict(
-        dict(
-            learning_rate=1e-5,
-            warmup_steps=500,
-            decay_steps=config_dict.placeholder(int),
-            end_learning_rate_ratio=0.1,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.01,
-            grad_clip=1.0,
-            ema_decay=0.9999,
-        )
-    )
+    # The objective and the optimizer: the dataclass defaults (training/loss.py, training/optim.py;
+    # e.g. loss.neighbour_noise > 0 noises neighbour blocks, sample with stage2.neighbour_sigma;
+    # loss.online_degradation adds latent blur + noise on device to the prepared references).
+    config.loss = config_fields.as_section(LossConfig())
+    config.optimizer = config_fields.as_section(OptimizerConfig())
     # Global batch over all devices and hosts; -1: `batch_per_device` windows per device
-    # (one 17,600-token 2K window per chip is what the memory budget in docs/sharding.md fits).
+    # (one 17,600-token 2K window per chip is what docs/sharding.md's budget fits).
     config.batch_size = -1
     config.batch_per_device = 1
     config.num_steps = 20_000
@@ -110,6 +86,7 @@ def _base() -> ml_collections.ConfigDict:
 
     config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, use_async=True))
     config.log_every = 20
+    # One 'data' axis over all devices (-1); FSDP shards params, Adam moments and EMA over it.
     # A ('data', 'fsdp') mesh over num_devices (-1: all). fsdp=True: data_size replicas of an
     # FSDP group of the other devices (params, Adam moments, EMA split over it); fsdp=False:
     # all devices data-parallel. The batch is split over both axes (training/sharding.py).
@@ -151,10 +128,4 @@ def tiny() -> ml_collections.ConfigDict:
 
 
 PRESETS = {"ti2v_5b": _base, "tiny": tiny}
-
-
-def get_config(preset: str = "ti2v_5b") -> ml_collections.ConfigDict:
-    preset = preset or "ti2v_5b"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown stage2 preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset]()
+get_config = presets.dispatch(PRESETS, "ti2v_5b", "stage2")

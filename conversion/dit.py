@@ -4,9 +4,9 @@ Original layout: `config.json` (class WanModel) + `diffusion_pytorch_model*.safe
 at the root (TI2V-5B) or in `high_noise_model/` and `low_noise_model/` (A14B).
 Diffusers layout: `transformer/` (+ `transformer_2/` = low-noise expert for A14B).
 
-Every tensor name is first brought to the ORIGINAL naming (reference/wan22.md section 3.2), then
-mapped to a Flax parameter path. Block tensors are written into preallocated `[num_layers, ...]`
-buffers, one tensor at a time.
+Every tensor name is first brought to the ORIGINAL naming (docs/design.md, "Checkpoint key
+maps"), then mapped to a Flax parameter path. Block tensors are written into preallocated
+`[num_layers, ...]` buffers, one tensor at a time.
 """
 
 from __future__ import annotations

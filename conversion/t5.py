@@ -2,7 +2,7 @@
 
 Original layout: `models_t5_umt5-xxl-enc-bf16.pth` (Wan's own T5Encoder names) and the tokenizer
 folder `google/umt5-xxl/`. Diffusers layout: `text_encoder/` (transformers UMT5EncoderModel
-safetensors + config.json) and `tokenizer/`. Key names: reference/wan22.md section 3.4.
+safetensors + config.json) and `tokenizer/`. Key names: docs/design.md, "Checkpoint key maps".
 
 The architecture comes from the tensor shapes (and the transformers config.json when there is
 one); every key is checked before anything is written.

@@ -3,7 +3,7 @@
 Original layout: `Wan2.2_VAE.pth` or `Wan2.1_VAE.pth` (plain state dict, read without torch).
 Diffusers layout: `vae/config.json` + `vae/diffusion_pytorch_model*.safetensors`.
 
-Original names are first renamed to the diffusers names (reference/wan22.md section 3.3); the
+Original names are first renamed to the diffusers names (docs/design.md, "Checkpoint key maps"); the
 architecture (variant, base dims, z_dim, stages, res blocks, temporal downsampling) is inferred
 from tensor shapes, so small test checkpoints convert too; then every tensor is checked against
 the full expected key/shape table of that architecture and mapped to its Flax parameter path.

@@ -1,4 +1,8 @@
-"""Model checkpoints on disk: an Orbax parameter tree plus the model config as JSON.
+"""Model directories on disk: an Orbax parameter tree plus the model config as JSON.
+
+This is the *model* format (what `python -m conversion` writes, sample.py loads and a finished
+training run exports to WORKDIR/model). Resumable *training* state (optimizer, EMA, step, data
+iterator) is a different thing: training/checkpointing.py.
 
 Layout of a converted model directory::
 
@@ -11,6 +15,7 @@ never leaves a directory that `load` would take for a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,19 +56,33 @@ def write_model_dir(path: str | os.PathLike, kind: str, config: dict, params, **
     checkpointer.close()
 
 
-def save(path: str | os.PathLike, kind: str, config: dict, params, **metadata) -> Path:
-    """Atomically writes a model directory; refuses to overwrite an existing one."""
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, error: type[Exception] = CheckpointError):
+    """Yields a path beside `path` to write a whole directory into; renames it into place at
+    the end, so readers never see a half-written one. Refuses to overwrite (`error`)."""
     path = Path(path).absolute()
+    exists = f"{path} already exists; remove it or choose another output path"
     if path.exists():
-        raise CheckpointError(f"{path} already exists; remove it or choose another output path")
+        raise error(exists)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        write_model_dir(tmp / "model", kind, config, params, **metadata)
-        os.replace(tmp / "model", path)
+        yield tmp / path.name
+        try:
+            os.replace(tmp / path.name, path)
+        except OSError:
+            if path.exists():  # another process finished first
+                raise error(exists) from None
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+
+def save(path: str | os.PathLike, kind: str, config: dict, params, **metadata) -> Path:
+    """Atomically writes a model directory; refuses to overwrite an existing one."""
+    with atomic_directory(path) as staging:
+        write_model_dir(staging, kind, config, params, **metadata)
+    return Path(path).absolute()
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -20,6 +20,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import ml_collections
+from ml_collections import config_dict
+
 T = TypeVar("T")
 
 
@@ -143,3 +146,22 @@ def to_fields(instance: Any) -> dict:
         return value
 
     return plain(instance)
+
+
+def as_section(instance: Any) -> ml_collections.ConfigDict:
+    """A config section holding a dataclass instance's values, so a config file writes only what
+    differs from the dataclass defaults (which then live in one place). None values become
+    placeholders of the annotated type, so they stay settable from the command line."""
+    hints = _hints(type(instance))
+    section = {}
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if value is None:
+            _, inner = _is_optional(hints[field.name])
+            value = config_dict.placeholder(inner if isinstance(inner, type) else object)
+        elif dataclasses.is_dataclass(value):
+            value = as_section(value)
+        else:
+            value = to_fields(value)  # tuples as lists, paths as strings
+        section[field.name] = value
+    return ml_collections.ConfigDict(section)

@@ -12,12 +12,12 @@ import pytest
 
 from benchmarks import common, csg_scaling, gpu_time
 from benchmarks.common import DiTProgram
-from configs import dit as dit_configs
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
+from swifti2v_jax.presets import dit as dit_configs
 
 
 def _tiny(**changes) -> DiTConfig:
-    return DiTConfig.from_dict(dit_configs.get_config("tiny")).replace(**changes)
+    return DiTConfig.from_dict(dit_configs.get("tiny")).replace(**changes)
 
 
 def test_2k_token_counts_and_segments():
@@ -70,7 +70,7 @@ def test_full_size_window_is_counted_without_allocating_weights():
     # 5B parameters would be 20 GB in fp32: lowering from abstract arrays allocates none.
     assert common.peak_rss_bytes() - before < 2 * 2**30
     assert counted["flops"] == pytest.approx(counted["analytic_flops"], rel=0.02)
-    assert 2.5e14 < counted["flops"] < 3.0e14  # ~2.9e14 by hand (swifti2v-paper.md, 7)
+    assert 2.5e14 < counted["flops"] < 3.0e14  # ~2.9e14: docs/design.md, "Cost model at 2K"
 
 
 def test_per_clip_arithmetic_and_predicted_ratios():

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from configs import dit as dit_configs
 from conversion import common
 from conversion import dit as dit_conversion
 from conversion.__main__ import convert
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
+from swifti2v_jax.presets import dit as dit_configs
 from tests import dit_helpers
 
 pytest.importorskip("torch")

@@ -7,15 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_configs
+from swifti2v_jax.csg import inputs as csg_inputs
+from swifti2v_jax.csg import layout
 from swifti2v_jax.models.dit import DiTConfig, WanDiT, init_params
-from swifti2v_jax.sampling import csg, segments
+from swifti2v_jax.presets import dit as dit_configs
+from swifti2v_jax.sampling import stage2 as csg
 
 HW = (4, 4)  # latent height/width: 4 tokens per block after the 2x2 patch
 
 
 def _model(preset="tiny_concat"):
-    config = DiTConfig.from_dict(dit_configs.get_config(preset))
+    config = DiTConfig.from_dict(dit_configs.get(preset))
     return config, init_params(config, jax.random.key(0))
 
 
@@ -26,18 +28,30 @@ def _clip(num_blocks, channels=48, seed=0):
     return z_ref, z_ref[:, :1], context
 
 
+class _Stub:
+    """A window function standing in for the compiled denoiser (same call, same config)."""
+
+    def __init__(self, config, fn):
+        self.config, self.fn = config, fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
 def _generate(config, params, csg_config, num_blocks, denoiser=None, on_segment=None):
     z_ref, anchor, context = _clip(num_blocks)
+    if denoiser is None:
+        denoiser = csg.WindowDenoiser(config, csg_config)
+    elif not isinstance(denoiser, csg.WindowDenoiser):
+        denoiser = _Stub(csg_config, denoiser)
     return csg.generate(
+        denoiser,
         params,
-        config,
-        csg_config,
         z_ref=z_ref,
         anchor=anchor,
         context=context,
         uncond_context=jnp.zeros_like(context),
         key=jax.random.key(1),
-        denoiser=denoiser,
         on_segment=on_segment,
     )
 
@@ -68,14 +82,14 @@ def test_guidance_runs_and_differs():
 def test_read_only_context_ignores_noisy_blocks(attention, context_changes):
     config, params = _model()
     model = WanDiT(config)
-    window = segments.window_for_start(9, 2, 2, 5)  # [0, 3, 4 | 5, 6]
+    window = layout.window_for_start(9, 2, 2, 5)  # [0, 3, 4 | 5, 6]
     blocks, is_noisy = window.as_arrays()
     z_ref, _, context = _clip(9)
     latents = z_ref[:, blocks]
     mask = csg.read_only_mask(jnp.asarray(is_noisy), 1) if attention == "read_only" else None
 
     def run(lat):
-        inputs, t = csg.window_model_input(
+        inputs, t = csg_inputs.window_model_input(
             lat, z_ref[:, blocks], jnp.asarray(is_noisy), 700, "concat"
         )
         return np.asarray(model.apply({"params": params}, inputs, t, context, blocks[None], mask))
@@ -183,7 +197,7 @@ def test_neighbours_enter_noised_to_neighbour_sigma():
         expected = (1 - sigma) * out[:, blocks[1]] + sigma * noise[:, 1]
         np.testing.assert_allclose(np.asarray(init[:, 1]), np.asarray(expected), atol=1e-6)
         np.testing.assert_array_equal(np.asarray(init[:, 0]), np.asarray(out[:, 0]))
-    _, timesteps = csg.window_model_input(
+    _, timesteps = csg_inputs.window_model_input(
         jnp.zeros((1, 3, *HW, 4)), jnp.zeros((1, 3, *HW, 4)), jnp.array([False, False, True]),
         700.0, "concat", neighbour_timestep=1000.0 * sigma,
     )  # fmt: skip
@@ -201,9 +215,8 @@ def test_bad_config_and_shapes():
     z_ref, anchor, context = _clip(4)
     with pytest.raises(ValueError, match="anchor"):
         csg.generate(
+            csg.WindowDenoiser(config, csg.CSGConfig()),
             params,
-            config,
-            csg.CSGConfig(),
             z_ref=z_ref,
             anchor=z_ref,
             context=context,

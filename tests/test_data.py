@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from swifti2v_jax.csg import layout as segments
 from swifti2v_jax.data import loader, prepare, records, synthetic, videos
 from swifti2v_jax.io.video import ffmpeg_subprocess
-from swifti2v_jax.sampling import segments
 
 NUM_FRAMES = 13  # -> 4 latent blocks
 SIZE = 32  # -> 2x2 latents with the 16x VAE
@@ -272,10 +272,10 @@ def _save_tiny_models(root: Path):
     import jax
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-    from configs import t5 as t5_presets
-    from configs import vae as vae_presets
     from swifti2v_jax import checkpoints
     from swifti2v_jax.models import t5, vae
+    from swifti2v_jax.presets import t5 as t5_presets
+    from swifti2v_jax.presets import vae as vae_presets
 
     vae_config = vae.as_config(vae_presets.tiny_wan22())
     vae_params = jax.jit(lambda key: vae.init_params(vae_config, key))(jax.random.PRNGKey(0))
@@ -367,18 +367,19 @@ def test_generated_latents_round_trip_and_feed_neighbours():
 def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
     import jax
 
-    from configs import dit as dit_configs
-    from configs import sample as sample_configs
     from swifti2v_jax import checkpoints
     from swifti2v_jax.data import rollout
     from swifti2v_jax.models.dit import DiTConfig, init_params
-    from swifti2v_jax.sampling.pipeline import PipelineConfig
+    from swifti2v_jax.presets import dit as dit_configs
+    from swifti2v_jax.presets import sample as sample_presets
+    from swifti2v_jax.sampling.config import pipeline_config as make_pipeline_config
+    from swifti2v_jax.sampling.stage2 import WindowDenoiser
 
     plain = [{k: v for k, v in r.items() if k != "generated"} for r in _records_with_generated()]
     prepare.write_dataset(
         tmp_path / "data", iter((r["name"], r) for r in plain), prepare.PrepareReport(3)
     )
-    model_dict = dit_configs.get_config("tiny_concat")
+    model_dict = dit_configs.get("tiny_concat")
     params = init_params(DiTConfig.from_dict(model_dict), jax.random.key(0))
     checkpoints.save(tmp_path / "dit", "dit", model_dict.to_dict(), params)
     argv = ["--data", str(tmp_path / "data"), "--stage2", str(tmp_path / "dit")]
@@ -387,12 +388,13 @@ def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
     written = loader.array_record_source(tmp_path / "out")
     info = prepare.read_dataset_info(tmp_path / "out")
     assert len(written) == 3 and info["rollout"]["preset"] == "demo"
-    pipeline_config = PipelineConfig.from_config(sample_configs.get_config("demo"))
+    pipeline_config = make_pipeline_config(sample_presets.get_config("demo"))
+    denoiser = WindowDenoiser(DiTConfig.from_dict(model_dict), pipeline_config.stage2)
     for index in range(3):
         record = records.as_record(written[index])
         expected = rollout.generate_clip(
-            params, DiTConfig.from_dict(model_dict), pipeline_config.stage2, None, plain[index],
-            pipeline_config.text_len, jax.random.fold_in(jax.random.key(0), index),
+            params, denoiser, plain[index], pipeline_config.text_len,
+            jax.random.fold_in(jax.random.key(0), index),
         )  # fmt: skip
         np.testing.assert_allclose(record["generated"], expected, atol=2e-3, rtol=2e-3)
         np.testing.assert_array_equal(record["generated"][0], record["latents"][0])
@@ -402,7 +404,7 @@ def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert rollout.main(argv + ["--out", str(tmp_path / "data"), "--overwrite"]) == 1
     assert "must differ" in capsys.readouterr().err
-    plain_dict = dit_configs.get_config("tiny")
+    plain_dict = dit_configs.get("tiny")
     plain_params = init_params(DiTConfig.from_dict(plain_dict), jax.random.key(0))
     checkpoints.save(tmp_path / "plain", "dit", plain_dict.to_dict(), plain_params)
     with pytest.raises(ValueError, match="in_dim"):

@@ -13,9 +13,9 @@ import pytest
 from jax import lax
 
 from configs import stage2 as stage2_configs
-from configs import vae as vae_configs
 from configs.demo import vae as demo_vae_config
 from swifti2v_jax import checkpoints
+from swifti2v_jax.csg import reference
 from swifti2v_jax.data import loader, procedural, records
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.demo import dataset as demo_dataset
@@ -23,7 +23,7 @@ from swifti2v_jax.demo import reproduce
 from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.models.vae_blocks import CONV3D, conv3d_as_frame_taps
-from swifti2v_jax.sampling import reference
+from swifti2v_jax.presets import vae as vae_configs
 
 
 @pytest.mark.parametrize("strides, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 2), "VALID")])
@@ -49,7 +49,7 @@ def test_frame_taps_equal_a_3d_convolution_and_its_gradient(strides, padding):
 
 
 def test_traced_encode_decode_equal_the_chunked_programs():
-    config = vae.as_config(vae_configs.get_config("tiny_wan22"))
+    config = vae.as_config(vae_configs.get("tiny_wan22"))
     params = vae.init_params(config, jax.random.PRNGKey(0))
     video = jax.random.uniform(jax.random.PRNGKey(1), (1, 9, 32, 32, 3), minval=-1, maxval=1)
     latents = vae.encode(params, config, video)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import dit as dit_presets
 from configs.demo import vae as demo_vae_config
 from swifti2v_jax import checkpoints
 from swifti2v_jax.data import procedural
@@ -22,6 +21,7 @@ from swifti2v_jax.eval import metrics
 from swifti2v_jax.io.video import read_video
 from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
+from swifti2v_jax.presets import dit as dit_presets
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")
@@ -34,13 +34,15 @@ def test_bundled_weights_are_complete_small_and_as_configured():
     assert size < 20 * 2**20, f"demo weights are {size / 2**20:.1f} MiB"
     for name, preset in (("dit", "demo_stage1"), ("stage2", "demo_stage2")):
         fields, params = checkpoints.load(BUNDLED_WEIGHTS / name, kind="dit")
-        expected = DiTConfig.from_dict(dit_presets.get_config(preset).to_dict())
+        expected = DiTConfig.from_dict(dit_presets.get(preset).to_dict())
         assert DiTConfig.from_dict(fields) == expected
         assert all(np.all(np.isfinite(np.asarray(x))) for x in _leaves(params))
     fields, _ = checkpoints.load(BUNDLED_WEIGHTS / "vae", kind="vae")
     architecture = demo_vae_config.get_config().vae.to_dict()
     config = vae.as_config(fields)
     for key, value in architecture.items():
+        if key in ("latents_mean", "latents_std"):  # measured at export
+            continue
         got = getattr(config, key)
         assert (list(got) if isinstance(got, tuple) else got) == value, key
     checkpoints.load(BUNDLED_WEIGHTS / "t5", kind="t5")

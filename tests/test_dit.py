@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_configs
 from conversion import common
 from conversion import dit as dit_conversion
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models.dit import DiTConfig, WanDiT, abstract_params, init_params
+from swifti2v_jax.presets import dit as dit_configs
 from tests import dit_helpers
 
 torch = pytest.importorskip("torch")
@@ -20,7 +20,7 @@ BATCH, FRAMES, HEIGHT, WIDTH, TEXT_LEN = 2, 3, 6, 10, 12
 
 
 def _config(preset: str) -> DiTConfig:
-    return DiTConfig.from_dict(dit_configs.get_config(preset))
+    return DiTConfig.from_dict(dit_configs.get(preset))
 
 
 def _inputs(config: DiTConfig, seed: int = 0):
@@ -211,7 +211,7 @@ def test_full_ti2v_5b_compiles_from_abstract_shapes():
 
     config = _config("ti2v_5b").replace(param_dtype="bfloat16")
     params = jax.tree.leaves(abstract_params(config))
-    assert sum(int(np.prod(p.shape)) for p in params) == 4_999_787_712  # reference/wan22.md 1.1
+    assert sum(int(np.prod(p.shape)) for p in params) == 4_999_787_712  # docs/design.md, "Models"
     _, _, compiled = lower_and_compile(config, frames=1, height=704, width=1280)
     assert compiled.memory_analysis().output_size_in_bytes == 1 * 1 * 44 * 80 * 48 * 4
 

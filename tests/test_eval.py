@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from swifti2v_jax.csg import reference
 from swifti2v_jax.data import procedural
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.eval import demo_quality, metrics
 from swifti2v_jax.models import vae
-from swifti2v_jax.sampling import csg, reference
+from swifti2v_jax.sampling import stage2 as csg
 
 
 def test_psnr_matches_its_definition():
@@ -55,11 +56,21 @@ def test_segment_frames_cover_the_clip_once():
     assert flat == list(range(1, 33))
 
 
-def test_demo_quality_runs_end_to_end(tmp_path):
+def test_demo_quality_runs_end_to_end(tmp_path, monkeypatch):
     weights = demo_build.build(tmp_path / "random", stage1="ti2v")
     with pytest.raises(ValueError, match="lacks"):
         demo_quality.run(tmp_path, tmp_path / "nothing", clips=1)
+    built = []
+
+    class CountedDenoiser(csg.WindowDenoiser):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(demo_quality.stage2, "WindowDenoiser", CountedDenoiser)
     result = demo_quality.run(weights, tmp_path / "out", clips=1, frames=13, height=128, width=256)
+    # Six Stage II runs (3 protocols x 2 attention modes), one compiled program per mode.
+    assert len(built) == 2 and [d.traces for d in built] == [1, 1]
     names = {"demo_quality.json", "demo_quality.md", "psnr_per_frame.png", "frames.png"}
     assert names <= {p.name for p in (tmp_path / "out").iterdir()}
     saved = json.loads((tmp_path / "out" / "demo_quality.json").read_text())
@@ -72,7 +83,7 @@ def test_demo_quality_runs_end_to_end(tmp_path):
             assert len(entry["psnr_per_segment"]) == 2 and np.isfinite(entry["psnr"])
     # the oracle bicubic baseline is exactly bicubic(true low-res clip) with frame 0 = input
     high, low = procedural.render_pair(demo_quality.FIRST_HELD_OUT_SEED, 13, 128, 256, 4)
-    upsampled = np.array(reference.upsample_frames(jnp.asarray(low[None]), 128, 256)[0])
+    upsampled = np.array(reference.resize_frames(jnp.asarray(low[None]), 128, 256)[0])
     upsampled[0] = high[0]
     expected = metrics.psnr(upsampled, high)
     np.testing.assert_allclose(result["per_clip"][0]["oracle/bicubic"]["psnr"], expected, rtol=1e-6)
@@ -81,7 +92,7 @@ def test_demo_quality_runs_end_to_end(tmp_path):
     models = demo_quality.DemoModels(weights, 64)
     through = vae.decode(models.vae_params, models.vae_config, vae.encode(
         models.vae_params, models.vae_config, low[None]))  # fmt: skip
-    upsampled = np.array(reference.upsample_frames(through, 128, 256)[0])
+    upsampled = np.array(reference.resize_frames(through, 128, 256)[0])
     upsampled[0] = high[0]
     np.testing.assert_allclose(
         result["per_clip"][0]["vae_oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high),

@@ -19,12 +19,13 @@ from PIL import Image
 from configs import sample as sample_configs
 from configs.demo import common as demo_common
 from swifti2v_jax import checkpoints
+from swifti2v_jax.csg import reference
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.sampling import pipeline as pipeline_lib
-from swifti2v_jax.sampling import reference, stage1
+from swifti2v_jax.sampling import stage1
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_hybrid_reference_frame0_is_the_input_image():
     hybrid = reference.hybrid_reference(video_low, image)
     assert hybrid.shape == (1, 5, 32, 64, 3)
     np.testing.assert_array_equal(np.asarray(hybrid[:, 0]), np.asarray(image))
-    expected = reference.upsample_frames(video_low[:, 1:], 32, 64)
+    expected = reference.resize_frames(video_low[:, 1:], 32, 64)
     np.testing.assert_array_equal(np.asarray(hybrid[:, 1:]), np.asarray(expected))
     assert float(jnp.abs(hybrid).max()) <= 1.0
     # Upsampling then averaging 4x4 cells gives back roughly the low-resolution frames.
@@ -99,33 +100,23 @@ def test_ti2v_stage1_keeps_the_image_latent_exactly(ti2v_root):
         backbone="ti2v", steps=3, solver="unipc", schedule="unipc", guide_scale=2.0
     )
     context = _context(config)
-    run = lambda image_latent: stage1.ti2v_image_to_video(  # noqa: E731
-        params,
-        config,
-        settings,
-        image_latent=image_latent,
-        num_latent_frames=3,
-        context=context,
-        uncond_context=jnp.zeros_like(context),
-        key=jax.random.key(0),
-    )
+
+    def run(image_latent, **uncond):
+        return stage1.ti2v_image_to_video(
+            params, config, settings, image_latent=image_latent, num_latent_frames=3,
+            context=context, key=jax.random.key(0), **uncond,
+        )  # fmt: skip
+
+    with_uncond = dict(uncond_context=jnp.zeros_like(context))
     image_latent = _rand((1, 1, 2, 4, 48), seed=5, scale=2.0)
-    out = run(image_latent)
+    out = run(image_latent, **with_uncond)
     assert out.shape == (1, 3, 2, 4, 48) and bool(jnp.isfinite(out).all())
     np.testing.assert_array_equal(np.asarray(out[:, :1]), np.asarray(image_latent))
     # The image conditions the other frames (through attention), so they depend on it.
-    other = run(_rand((1, 1, 2, 4, 48), seed=6, scale=2.0))
+    other = run(_rand((1, 1, 2, 4, 48), seed=6, scale=2.0), **with_uncond)
     assert float(jnp.abs(other[:, 1:] - out[:, 1:]).max()) > 1e-3
     with pytest.raises(ValueError, match="uncond_context"):
-        stage1.ti2v_image_to_video(
-            params,
-            config,
-            settings,
-            image_latent=image_latent,
-            num_latent_frames=3,
-            context=context,
-            key=jax.random.key(0),
-        )
+        run(image_latent)  # guide_scale 2 without a negative prompt
 
 
 def test_a14b_stage1_conditioning_and_expert_switch(a14b_root):
@@ -212,7 +203,7 @@ def test_a14b_one_expert_at_a_time_matches_both_resident(a14b_root):
 def _pipeline_config(**stage2):
     config = sample_configs.get_config("demo")
     config.stage2.update(stage2)
-    return pipeline_lib.PipelineConfig.from_config(config)
+    return pipeline_lib.pipeline_config(config)
 
 
 def test_model_paths_and_compatibility_checks(ti2v_root, a14b_root, tmp_path):
@@ -250,7 +241,7 @@ def test_model_paths_and_compatibility_checks(ti2v_root, a14b_root, tmp_path):
 
 @pytest.mark.parametrize("preset", sample_configs.PRESETS)
 def test_presets_make_valid_pipeline_configs(preset):
-    config = pipeline_lib.PipelineConfig.from_config(sample_configs.get_config(preset))
+    config = pipeline_lib.pipeline_config(sample_configs.get_config(preset))
     if preset == "demo":
         assert config.stage2.conditioning == "concat" and config.stage1.backbone == "ti2v"
         # the demo DiTs' training length (configs/demo/common.py), not Wan2.2's 512
@@ -275,7 +266,31 @@ def test_text_len_must_be_positive():
     config = sample_configs.get_config("demo")
     config.text_len = 0
     with pytest.raises(pipeline_lib.PipelineError, match="text_len"):
-        pipeline_lib.PipelineConfig.from_config(config)
+        pipeline_lib.pipeline_config(config)
+
+
+def test_every_sampler_knob_reaches_its_dataclass():
+    """Each field of the stage1/stage2/memory sections lands in the PipelineConfig; a field
+    the dataclasses do not know is refused with one line, not silently ignored."""
+    raw = sample_configs.get_config("swifti2v_2k")
+    config = pipeline_lib.pipeline_config(raw)
+    for section in ("stage1", "stage2", "memory"):
+        for name, value in raw[section].items():
+            got = getattr(getattr(config, section), name)
+            expected = None if (name, value) == ("guide_scale_low", -1.0) else value
+            assert got == expected, (section, name)
+    assert config.stage1.size is None and config.stage1.divisor == 4
+    raw.stage1.resolution = "640x352"
+    assert pipeline_lib.pipeline_config(raw).stage1.size == (640, 352)
+    raw.stage2.unheard_of = 3
+    with pytest.raises(
+        pipeline_lib.PipelineError, match=r"unknown config\.stage2 field.*unheard_of"
+    ):
+        pipeline_lib.pipeline_config(raw)
+    bad = sample_configs.get_config("demo")
+    bad.stage1.resolution = "wide"
+    with pytest.raises(pipeline_lib.PipelineError, match="stage1.resolution"):
+        pipeline_lib.pipeline_config(bad)
 
 
 def test_size_plan(ti2v_root):
@@ -336,3 +351,20 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
         "total",
     }
     assert summary["peak_memory_bytes"] > 0 and summary["backend"] == jax.default_backend()
+
+    # The same stages on models already in memory (no loading, no release): same latents.
+    from swifti2v_jax.sampling import orchestrator
+    from swifti2v_jax.sampling.residency import ResidentModels
+    from swifti2v_jax.text import PromptEncoder
+
+    resident = ResidentModels(
+        stage1_dits=(checkpoints.load(paths.stage1[0], "dit")[1],),
+        stage1_vae=vae_params,
+        stage2_dit=checkpoints.load(paths.stage2, "dit")[1],
+        vae=vae_params,
+        text_encoder=PromptEncoder.from_checkpoint(paths.t5, text_len=config.text_len),
+    )
+    again = orchestrator.run(
+        resident, pipeline.specs, config, image, "a boat on a lake", plan, seed=3
+    )
+    np.testing.assert_array_equal(np.asarray(again.latents), np.asarray(result.latents))

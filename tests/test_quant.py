@@ -186,21 +186,22 @@ def test_layer_streaming_equals_resident_weights(fmt):
 
 
 def test_pipeline_memory_options_load_quantized_and_streamed(tmp_path):
-    from swifti2v_jax.sampling import pipeline as pipeline_lib
+    from swifti2v_jax.sampling import config as config_lib
+    from swifti2v_jax.sampling import residency
 
     config = _config()
     params = jax.tree.map(np.asarray, _params(config))
     checkpoints.save(tmp_path / "m", "dit", config.to_dict(), params)
-    loaded = pipeline_lib._load(tmp_path / "m", "dit", "int8", stream=True)
+    loaded = residency.load(tmp_path / "m", "dit", "int8", stream=True)
     assert quant.weight_format(jax.device_get(loaded)) == "native"  # packed: no qkernel name
     packed = loaded["blocks"]["ffn_0"]["qkernel__u32_int8"]
     assert packed.sharding.memory_kind == streaming.HOST and packed.dtype == jnp.uint32
-    resident = pipeline_lib._load(tmp_path / "m", "dit", "int8")
+    resident = residency.load(tmp_path / "m", "dit", "int8")
     assert quant.weight_format(resident) == "int8"
-    with pytest.raises(pipeline_lib.PipelineError, match="dit_weights"):
-        pipeline_lib.MemoryOptions(dit_weights="int4")
-    with pytest.raises(pipeline_lib.PipelineError, match="stream_layers"):
-        pipeline_lib.MemoryOptions(stream_layers="yes")
+    with pytest.raises(config_lib.PipelineError, match="dit_weights"):
+        config_lib.MemoryOptions(dit_weights="int4")
+    with pytest.raises(config_lib.PipelineError, match="stream_layers"):
+        config_lib.MemoryOptions(stream_layers="yes")
 
 
 def test_quantized_dense_on_tpu_builds_no_full_precision_kernel():

@@ -1,4 +1,4 @@
-"""Flow-matching schedules, solvers and guidance against diffusers (and the wan22.md numbers)."""
+"""Flow-matching schedules, solvers and guidance against diffusers (and the release's numbers)."""
 
 import functools
 
@@ -274,7 +274,7 @@ def test_update_mask_keeps_context_and_matches_unmasked(solver_name):
 
 @pytest.mark.parametrize(
     "shift, boundary, expected", [(5.0, 0.9, 15), (12.0, 0.875, 26)]
-)  # I2V-A14B, T2V-A14B (wan22.md 1.10)
+)  # I2V-A14B, T2V-A14B (docs/design.md, "Models")
 def test_expert_switch_counts(shift, boundary, expected):
     schedule = sch.make_schedule("unipc", 40, shift)
     guidance = gd.Guidance(guide_scale=(3.0, 4.0), boundary=boundary)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from swifti2v_jax.sampling import segments
+from swifti2v_jax.csg import layout as segments
 
 
 @pytest.mark.parametrize("num_blocks", [2, 3, 4, 5, 6, 9, 17, 21, 33])

@@ -9,12 +9,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from configs import t5 as t5_configs
 from conversion import common
 from conversion import t5 as t5_conversion
 from conversion.__main__ import convert as convert_all
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models.t5 import T5Config, UMT5Encoder, init_params, relative_position_buckets
+from swifti2v_jax.presets import t5 as t5_configs
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -246,14 +246,14 @@ def test_tokenizer_folder_without_tokenizer_json_is_refused(tmp_path):
 
 
 def test_presets():
-    xxl = T5Config.from_dict(t5_configs.get_config())
+    xxl = T5Config.from_dict(t5_configs.get())
     assert (xxl.d_model, xxl.inner_dim, xxl.d_ff, xxl.num_layers) == (4096, 4096, 10240, 24)
     shapes = t5_conversion.expected_shapes(xxl)
     assert len(shapes) == 242  # the release file's tensor count (reference 3.4)
     total = sum(int(np.prod(s)) for s in shapes.values())
     assert abs(total / 1e9 - 5.68) < 0.01
-    tiny = T5Config.from_dict(t5_configs.get_config("tiny"))
+    tiny = T5Config.from_dict(t5_configs.get("tiny"))
     params = init_params(tiny, __import__("jax").random.key(0))
     assert params["blocks_0"]["norm1"]["scale"].dtype == jnp.float32
     with pytest.raises(ValueError, match="unknown T5 preset"):
-        t5_configs.get_config("xl")
+        t5_configs.get("xl")

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import t5 as t5_configs
 from swifti2v_jax import checkpoints, text
 from swifti2v_jax.models.t5 import T5Config, UMT5Encoder, init_params
+from swifti2v_jax.presets import t5 as t5_configs
 
 SENTENCES = [
     "a cat walks on the beach at sunset",

@@ -19,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dit as dit_presets
 from configs import stage1_lora, stage2
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import dit
+from swifti2v_jax.presets import dit as dit_presets
 from swifti2v_jax.training import (
     checkpointing,
-    degradation,
     experiment,
     lora,
     metrics,
@@ -34,6 +33,7 @@ from swifti2v_jax.training import (
 )
 from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import state as state_lib
+from tests import tb_events
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 host devices; LLVM optimisation level 0 halves CPU compile time (all runs compared share it).
@@ -153,7 +153,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert sorted(reference) == list(range(1, steps + 1))
     assert (full / "checkpoints" / str(steps)).is_dir()
     tb = list((full / "tb").glob("events.out.tfevents.*"))
-    assert len(tb) == 1 and len(metrics.read_events(tb[0])) == steps + 1
+    assert len(tb) == 1 and len(tb_events.read_events(tb[0])) == steps + 1
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
@@ -370,47 +370,6 @@ def test_fsdp_spec_rule():
     assert sharding.fsdp_spec((64,), 1, 1) == jax.sharding.PartitionSpec()
 
 
-def test_degradations_keep_the_anchor():
-    z = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
-    keep = jnp.array([True, False, False, False])
-    out = degradation.latent_blur_noise(
-        jax.random.PRNGKey(1), z, keep=keep, factor=2, max_noise=0.2
-    )
-    np.testing.assert_array_equal(out[0], z[0])
-    assert float(jnp.abs(out[1:] - z[1:]).mean()) > 0.05
-    video = np.random.default_rng(0).uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
-    ref = degradation.pixel_blur_noise(video, np.random.default_rng(1), factor=4)
-    np.testing.assert_array_equal(ref[0], video[0])
-    assert ref.shape == video.shape and np.abs(ref[1:] - video[1:]).mean() > 0.1
-
-
-def test_stage1_partial_denoise_with_an_exact_velocity_recovers_the_clip():
-    """Identity 'VAE' and the exact flow velocity: Euler from sigma* back to 0 is exact, so
-    the reference is the down-up resized clip with the clean first frame."""
-    video = np.random.default_rng(0).uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
-    low = np.asarray(jax.image.resize(video, (5, 8, 8, 3), "linear"))
-    x0 = jnp.asarray(low[None])
-    noise_key = jax.random.PRNGKey(7)
-    eps = jax.random.normal(noise_key, x0.shape)
-    ref = degradation.stage1_partial_denoise(
-        video,
-        low_size=(8, 8),
-        encode=jnp.asarray,
-        decode=lambda x: x,
-        velocity=lambda x, sigma: eps - x0,
-        sigmas=[0.6, 0.3, 0.0],
-        key=noise_key,
-    )
-    expected = np.asarray(jax.image.resize(low, (5, 16, 16, 3), "linear"))
-    np.testing.assert_allclose(ref[1:], np.clip(expected[1:], -1, 1), atol=1e-5)
-    np.testing.assert_array_equal(ref[0], video[0])
-    with pytest.raises(ValueError, match="descend"):
-        degradation.stage1_partial_denoise(
-            video, low_size=(8, 8), encode=jnp.asarray, decode=lambda x: x,
-            velocity=lambda x, s: x, sigmas=[0.5, 0.6], key=noise_key,
-        )  # fmt: skip
-
-
 def test_partial_checkpoint_is_never_taken_for_a_complete_one(tmp_path):
     """A step folder Orbax never finalised (a crash mid-save leaves `N.orbax-checkpoint-tmp*`)
     is ignored and cleaned up; the last complete step is restored."""
@@ -441,22 +400,24 @@ def test_partial_checkpoint_is_never_taken_for_a_complete_one(tmp_path):
     assert not unfinished.exists()
 
 
-def test_event_file_format(tmp_path):
-    assert metrics.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    writer = metrics.EventFileWriter(tmp_path)
-    writer.scalars(3, {"loss": 0.5, "learning_rate": 1e-4})
-    writer.scalars(4, {"loss": 0.25})
+def test_metrics_writer_event_files(tmp_path):
+    writer = metrics.MetricsWriter(tmp_path)
+    writer.write(3, {"loss": 0.5, "learning_rate": 1e-4})
+    writer.write(4, {"loss": 0.25})
     writer.close()
-    events = metrics.read_events(writer.path)
+    (path,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    events = tb_events.read_events(path)
     assert events[0]["file_version"] == "brain.Event:2"
     assert events[1]["step"] == 3 and events[1]["loss"] == 0.5
     assert events[1]["learning_rate"] == pytest.approx(1e-4)
     assert events[2] == {"wall_time": events[2]["wall_time"], "step": 4, "loss": 0.25}
-    data = bytearray(writer.path.read_bytes())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 3, "loss": 0.5, "learning_rate": 1e-4}, {"step": 4, "loss": 0.25}]
+    data = bytearray(path.read_bytes())
     data[-6] ^= 0xFF
-    writer.path.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="CRC"):
-        metrics.read_events(writer.path)
+        tb_events.read_events(path)
 
 
 def test_learning_rate_schedule():

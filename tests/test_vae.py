@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import vae as vae_configs
 from conversion.vae import params_from_source
 from swifti2v_jax.models import vae
+from swifti2v_jax.presets import vae as vae_configs
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -40,7 +40,7 @@ def diffusers_kwargs(config: vae.VAEConfig) -> dict:
 @functools.cache
 def build_reference(variant: str, seed: int = 0):
     """A tiny diffusers AutoencoderKLWan with non-trivial norms/biases, and its converted params."""
-    config = vae.as_config(vae_configs.get_config(f"tiny_{variant}"))
+    config = vae.as_config(vae_configs.get(f"tiny_{variant}"))
     torch.manual_seed(seed)
     model = diffusers.AutoencoderKLWan(**diffusers_kwargs(config)).eval().float()
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_full_size_presets_match_reference_parameter_counts():
     def millions(tree):
         return round(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)) / 1e6, 1)
 
-    # reference/wan22.md 2.1 and 2.8 (verified by instantiating the official modules)
+    # the release (docs/design.md, "Models"; verified by instantiating the official modules)
     wan22_params = vae.abstract_params(vae_configs.wan22())
     assert millions(wan22_params) == 704.7
     assert millions(wan22_params["encoder"]) == 149.6
@@ -101,7 +101,7 @@ def test_latent_constants_match_diffusers_defaults_and_reference_table():
         model = diffusers.AutoencoderKLWan()
     assert tuple(model.config.latents_mean) == vae.WAN21_LATENTS_MEAN
     assert tuple(model.config.latents_std) == vae.WAN21_LATENTS_STD
-    # spot checks against reference/wan22.md 2.5
+    # spot checks against the release's constants
     assert vae.WAN22_LATENTS_MEAN[19] == 0.5109 and vae.WAN22_LATENTS_STD[39] == 1.6887
     assert vae.WAN22_LATENTS_MEAN[47] == -0.0667 and vae.WAN22_LATENTS_STD[0] == 0.4765
     assert len(vae.WAN22_LATENTS_MEAN) == len(vae.WAN22_LATENTS_STD) == 48
@@ -120,7 +120,7 @@ def test_config_roundtrip_and_validation():
     with pytest.raises(ValueError, match="unknown"):
         vae.VAEConfig.from_dict({"base_dims": 3})
     with pytest.raises(ValueError, match="unknown VAE preset"):
-        vae_configs.get_config("wan3")
+        vae_configs.get("wan3")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import vae as vae_configs
 from conversion import common
 from conversion import vae as convert_vae
 from conversion.__main__ import convert as convert_all
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import vae
+from swifti2v_jax.presets import vae as vae_configs
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -33,8 +33,8 @@ _RES_BLOCK = re.compile(
 
 
 def diffusers_to_original(name: str, variant: str, num_res_blocks: int) -> str:
-    """The inverse of the renaming in reference/wan22.md 3.3, written independently of the
-    converter's forward rules so that a mistake in either shows up."""
+    """The inverse of the Wan VAE renaming (docs/design.md, "Checkpoint key maps"), written
+    independently of the converter's forward rules so that a mistake in either shows up."""
     top = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2."}
     for new, old in top.items():
         if name.startswith(new):
@@ -99,7 +99,7 @@ def assert_trees_equal(a, b):
 # ---------------------------------------------------------------------------------------------
 # Full-size key tables, from meta tensors (no data)
 
-DOCUMENTED = {  # reference/wan22.md 3.3 (ORIGINAL names and PyTorch shapes)
+DOCUMENTED = {  # the release (ORIGINAL names and PyTorch shapes)
     "wan22": {
         "encoder.conv1.weight": (160, 12, 3, 3, 3),
         "decoder.conv1.weight": (1024, 48, 3, 3, 3),
@@ -137,7 +137,7 @@ DOCUMENTED = {  # reference/wan22.md 3.3 (ORIGINAL names and PyTorch shapes)
 
 @pytest.mark.parametrize("variant,count", [("wan22", 196), ("wan21", 194)])
 def test_full_size_key_tables_match_reference(variant, count):
-    config = vae.as_config(vae_configs.get_config(variant))
+    config = vae.as_config(vae_configs.get(variant))
     with torch.device("meta"):
         model = diffusers.AutoencoderKLWan(**diffusers_kwargs(config))
     diffusers_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

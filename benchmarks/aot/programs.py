@@ -61,7 +61,8 @@ def train_step(target: str, data_size: int = 1, **model_overrides):
     state = jax.tree.map(
         lambda a, s: _struct(a.shape, a.dtype, s), abstract, sharding.shardings(specs, mesh)
     )
-    batch_size = experiment.global_batch_size(config, mesh)
+    experiment.resolve_batch_size(config, mesh)
+    batch_size = config.batch_size
     h, w = LATENT_2K
     channels = model_config.out_dim
     on_batch = sharding.batch_sharding(mesh)

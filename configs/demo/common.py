@@ -3,11 +3,7 @@
 import ml_collections
 
 from configs import stage2
-
-# Prompt rows (zero past the prompt; the demo captions are 39 tokens). 512 as in Wan2.2
-# spends ~40% of a demo Stage II step on cross-attention. configs/sample.py's demo preset
-# feeds the same rows: a model must be sampled with the length it was trained with.
-TEXT_LEN = 64
+from swifti2v_jax.presets.dit import DEMO_TEXT_LEN as TEXT_LEN  # sampling uses the same rows
 
 
 def dit_training(model: str, num_steps: int) -> ml_collections.ConfigDict:

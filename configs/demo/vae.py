@@ -23,53 +23,32 @@ clips, a VAE reconstructed frames 3-16 of a 17-frame clip at 12 dB.
 
 import ml_collections
 
+from swifti2v_jax import config_fields
+from swifti2v_jax.presets import vae as vae_presets
+from swifti2v_jax.training.optim import OptimizerConfig
+from swifti2v_jax.training.vae_training import VAEDataConfig, VAELossConfig
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "vae"
     c.seed = 0
-    c.vae = ml_collections.ConfigDict(
-        dict(
-            variant="wan22",
-            base_dim=48,
-            dec_dim=48,
-            z_dim=12,
-            dim_mult=[1],
-            num_res_blocks=1,
-            temporal_downsample=[],
-            patch_size=4,
-        )
-    )
+    # The architecture (swifti2v_jax/presets/vae.py "demo"); training replaces the identity
+    # latent normalisation with measured statistics at export.
+    c.vae = vae_presets.get("demo")
     # Training clips: procedural seeds [first_seed, first_seed + num_clips); evaluation and
     # the bundled example use seeds from 1_000_000 (held out).
-    c.data = ml_collections.ConfigDict(
-        dict(
-            num_clips=128,
-            first_seed=0,
-            frames=17,
-            height=64,
-            width=128,
-            factor=4,
-            clip_frames=17,
-            crop_height=16,
-            crop_width=32,
-            lowres_fraction=0.25,
-            seed=0,
-            worker_count=0,
-        )
+    c.data = config_fields.as_section(
+        VAEDataConfig(height=64, width=128, clip_frames=17, crop_height=16, crop_width=32)
     )
-    c.loss = ml_collections.ConfigDict(dict(l1_weight=1.0, mse_weight=1.0, latent_weight=1e-4))
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
+    c.loss = config_fields.as_section(VAELossConfig())
+    c.optimizer = config_fields.as_section(
+        OptimizerConfig(
             learning_rate=1e-3,
             warmup_steps=100,
-            decay_steps=None,
             end_learning_rate_ratio=0.05,
-            b1=0.9,
             b2=0.99,
-            eps=1e-8,
             weight_decay=0.0,
-            grad_clip=1.0,
             ema_decay=0.995,
         )
     )

@@ -1,8 +1,9 @@
 """Grain input pipeline: records -> CSG training windows -> per-host batches.
 
 Each record is a whole clip; a random segment start is drawn per example with exactly the
-sampling layout (`segments.sample_training_window`, or the end-to-end window for Stage I
-training) and the window's blocks are gathered on the host, so the device sees fixed shapes:
+sampling layout (`csg.layout.WindowLayout.sample`, or the end-to-end window for Stage I
+training) and the window's blocks are gathered on the host (`csg.inputs.gather_window`, as
+sampling gathers them on the device), so the device sees fixed shapes:
 
     latents, reference [B, W, h, w, z] float32    positions [B, W] int32
     is_noisy [B, W] bool                           context [B, text_len, d] float32
@@ -26,49 +27,40 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from swifti2v_jax.csg import inputs, layout
 from swifti2v_jax.data import records
-from swifti2v_jax.sampling import segments
 
 SHARD_PATTERN = "*.array_record"
 
 
 @dataclasses.dataclass(frozen=True)
-class WindowSpec:
-    noisy_blocks: int = 3  # M
-    neighbours: int = 1  # N
-    end_to_end: bool = False  # the whole clip as one window (anchor clean, the rest noisy)
+class WindowSpec(layout.WindowLayout):
+    """The window layout (noisy_blocks M, neighbours N, end_to_end) and what fills it."""
+
     text_len: int = 512
     generated_neighbours: float = 0.0  # probability of neighbours from record["generated"]
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 <= self.generated_neighbours <= 1.0:
             raise ValueError(
                 f"generated_neighbours must be in [0, 1], got {self.generated_neighbours}"
             )
 
-    def window_size(self, num_blocks: int) -> int:
-        if self.end_to_end:
-            return num_blocks
-        return segments.window_size(num_blocks, self.noisy_blocks, self.neighbours)
-
-    def sample(self, num_blocks: int, rng: np.random.Generator) -> segments.Window:
-        if self.end_to_end:
-            return segments.end_to_end_window(num_blocks)
-        return segments.sample_training_window(num_blocks, self.noisy_blocks, self.neighbours, rng)
-
 
 def window_example(
-    record: dict, window: segments.Window, text_len: int, generated_neighbours: bool = False
+    record: dict, window: layout.Window, text_len: int, generated_neighbours: bool = False
 ) -> dict:
-    blocks, is_noisy = window.as_arrays()
-    latents = np.asarray(record["latents"][blocks], np.float32)
+    latents, reference, blocks, is_noisy = inputs.gather_window(
+        record["latents"], record["reference"], window
+    )
+    latents = np.asarray(latents, np.float32)
     if generated_neighbours:
-        is_neighbour = segments.neighbour_mask(is_noisy)
         own = np.asarray(record["generated"][blocks], np.float32)
-        latents = np.where(is_neighbour[:, None, None, None], own, latents)
+        latents = inputs.window_neighbours(latents, own, is_noisy)
     return {
         "latents": latents,
-        "reference": np.asarray(record["reference"][blocks], np.float32),
+        "reference": np.asarray(reference, np.float32),
         "positions": blocks.astype(np.int32),
         "is_noisy": is_noisy,
         "context": records.pad_context(np.asarray(record["context"], np.float32), text_len),

@@ -4,8 +4,10 @@
         --t5 T5_DIR --tokenizer TOKENIZER_DIR --num-frames 81 --height 1408 --width 2560
 
 Per video: read the first `num_frames` frames (center crop + resize), encode them with the VAE
-(latents), build the stage-transition reference (Stage I videos from `--references DIR`, or the
-synthetic pixel degradation) and encode it (z_ref), embed the caption with umT5. Videos that
+(latents), take a Stage I-like low-res video (Stage I outputs from `--references DIR`, read at
+1/`--degrade-factor` of the clip size, or the synthetic pixel degradation of csg/degradation.py),
+turn it into z_ref with the hybrid reference builder sampling uses (csg/reference.py: bicubic
+upsampling, frame 0 := the clip's first frame, VAE encode), embed the caption with umT5. Videos that
 cannot be read or are too short are skipped, counted and listed in the report, never fatal.
 Shards are written to a temporary folder and moved into place at the end, with
 `dataset.json` (shapes, counts) and `prepare_report.json` (every skipped file and why).
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from swifti2v_jax.csg import degradation, reference
 from swifti2v_jax.data import records, videos
-from swifti2v_jax.training import degradation
 
 REFERENCE_KINDS = ("synthetic", "precomputed", "none")
 DATASET_FILE = "dataset.json"
@@ -58,19 +60,27 @@ class ClipSpec:
 @dataclasses.dataclass(frozen=True)
 class Encoders:
     """encode_video: [1, F, H, W, 3] in [-1, 1] -> [1, T, h, w, z] normalised latents;
-    encode_text: list of prompts -> [B, text_len, d] with zero rows past each prompt."""
+    encode_text: list of prompts -> [B, text_len, d] with zero rows past each prompt;
+    encode_reference: (low-res video [1, F, h, w, 3], first frame [1, H, W, 3]) -> z_ref,
+    the hybrid reference builder (None: `encode_video` of `reference.hybrid_reference`)."""
 
     encode_video: Callable[[np.ndarray], np.ndarray]
     encode_text: Callable[[list[str]], np.ndarray]
     temporal_factor: int = 4
     spatial_factor: int = 16
+    encode_reference: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+    def reference(self, video_low: np.ndarray, image: np.ndarray) -> np.ndarray:
+        if self.encode_reference is not None:
+            return np.asarray(self.encode_reference(video_low, image))
+        return np.asarray(self.encode_video(reference.hybrid_reference(video_low, image)))
 
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceSpec:
     kind: str = "synthetic"
     references_dir: str | None = None  # precomputed Stage I outputs, same stems as the videos
-    factor: int = 4  # synthetic: downsample factor (Stage I runs at ~1/4 size)
+    factor: int = 4  # Stage I size = clip size / factor (synthetic: the downsampling)
     max_noise: float = 0.05
 
     def __post_init__(self):
@@ -105,7 +115,8 @@ class PrepareReport:
         return dataclasses.asdict(self)
 
 
-def _reference_video(path: Path, clip: np.ndarray, spec: ReferenceSpec, rng, clip_spec):
+def _reference_low(path: Path, clip: np.ndarray, spec: ReferenceSpec, rng, clip_spec):
+    """The Stage I-like low-res video the hybrid reference is built from (None: no z_ref)."""
     if spec.kind == "none":
         return None
     if spec.kind == "synthetic":
@@ -117,11 +128,16 @@ def _reference_video(path: Path, clip: np.ndarray, spec: ReferenceSpec, rng, cli
     ]
     if not candidates:
         raise videos.VideoError(f"no reference video {path.stem}.* in {spec.references_dir}")
-    reference = videos.read_clip(
-        candidates[0], clip_spec.num_frames, clip_spec.height, clip_spec.width,
-        clip_spec.frame_stride,
+    height, width = clip.shape[1:3]
+    return videos.read_clip(
+        candidates[0], clip_spec.num_frames, max(1, height // spec.factor),
+        max(1, width // spec.factor), clip_spec.frame_stride,
     )  # fmt: skip
-    return degradation.hybrid_reference(reference, clip[0])
+
+
+def reference_latents(encoders: Encoders, clip: np.ndarray, video_low) -> np.ndarray:
+    """z_ref [T, h, w, z] of a clip [F, H, W, 3] from its low-res video [F, h, w, 3]."""
+    return encoders.reference(np.asarray(video_low)[None], np.asarray(clip[:1]))[0]
 
 
 def process_video(
@@ -137,8 +153,8 @@ def process_video(
         path, clip_spec.num_frames, clip_spec.height, clip_spec.width, clip_spec.frame_stride
     )
     latents = np.asarray(encoders.encode_video(clip[None]))[0]
-    ref_video = _reference_video(path, clip, reference, rng, clip_spec)
-    z_ref = latents if ref_video is None else np.asarray(encoders.encode_video(ref_video[None]))[0]
+    low = _reference_low(path, clip, reference, rng, clip_spec)
+    z_ref = latents if low is None else reference_latents(encoders, clip, low)
     caption = videos.read_caption(path) or ""
     context = records.trim_context(np.asarray(encoders.encode_text([caption]))[0])
     return records.make_record(latents, z_ref, context, caption, path.stem, dtype)
@@ -294,6 +310,11 @@ def build_encoders(
     def encode_video(video):
         return np.asarray(vae.encode(vae_params, vae_config, video))
 
+    def encode_reference(video_low, image):
+        return np.asarray(
+            reference.encode_hybrid_reference(vae_params, vae_config, video_low, image)
+        )
+
     if text_embeddings_dir is not None:
         encode_text = _PrecomputedText(Path(text_embeddings_dir), text_len)
     else:
@@ -315,6 +336,7 @@ def build_encoders(
         encode_text=encode_text,
         temporal_factor=vae.temporal_factor(vae_config),
         spatial_factor=vae.spatial_factor(vae_config),
+        encode_reference=encode_reference,
     )
 
 
@@ -353,7 +375,9 @@ def parse_args(argv):
     parser.add_argument("--frame-stride", type=int, default=1)
     parser.add_argument("--reference", choices=REFERENCE_KINDS, default="synthetic")
     parser.add_argument("--references", help="folder of Stage I reference videos (same stems)")
-    parser.add_argument("--degrade-factor", type=int, default=4)
+    parser.add_argument(
+        "--degrade-factor", type=int, default=4, help="Stage I size = clip size / this"
+    )
     parser.add_argument("--degrade-noise", type=float, default=0.05)
     parser.add_argument("--records-per-shard", type=int, default=256)
     parser.add_argument("--dtype", choices=records.STORAGE_DTYPES, default="float16")

@@ -6,7 +6,8 @@
 At sampling time a CSG window's neighbour blocks are what the model generated a segment
 earlier, never the true latents it trained with, so its errors are copied forward segment
 after segment. This runs CSG over every record (z_ref = its `reference`, anchor = its first
-latent block, its caption embedding) with the sampler of a configs/sample.py preset and writes
+latent block, its caption embedding) with the sampler of a sample preset
+(presets/sample.py, the presets of configs/sample.py) and writes
 the records again with the result as `generated`; train with
 `--config.csg.generated_neighbours=P` to see those neighbours in a fraction P of examples.
 The output is written all or nothing (prepare.write_dataset).
@@ -24,23 +25,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import sample as sample_configs
 from swifti2v_jax import checkpoints
 from swifti2v_jax.data import loader, prepare, records
 from swifti2v_jax.models.dit import DiTConfig
-from swifti2v_jax.sampling import csg
-from swifti2v_jax.sampling.pipeline import PipelineConfig
+from swifti2v_jax.presets import sample as sample_presets
+from swifti2v_jax.sampling import orchestrator, stage2
+from swifti2v_jax.sampling.config import pipeline_config
 
 
-def generate_clip(params, model_config, csg_config, denoiser, record, text_len, key):
+def generate_clip(params, denoiser, record, text_len, key):
     """CSG over one record -> generated latents [T, h, w, z] (float32, block 0 = anchor)."""
     z_ref = jnp.asarray(record["reference"], jnp.float32)[None]
     anchor = jnp.asarray(record["latents"][:1], jnp.float32)[None]
     context = jnp.asarray(records.pad_context(np.asarray(record["context"], np.float32), text_len))
-    latents = csg.generate(
-        params, model_config, csg_config, z_ref=z_ref, anchor=anchor, context=context[None],
-        key=key, denoiser=denoiser,
-    )  # fmt: skip
+    latents = orchestrator.stage2_latents(denoiser, params, z_ref, anchor, context[None], key=key)
     return np.asarray(latents[0])
 
 
@@ -53,13 +51,12 @@ def rollout(
     info = prepare.read_dataset_info(data_dir) or {}
     dtype = info.get("dtype", "float16")
     prepare.check_output(out_dir, max(len(source), 1), dtype, overwrite)
-    sample_config = sample_configs.get_config(preset)
-    pipeline_config = PipelineConfig.from_config(sample_config)
-    csg_config = pipeline_config.stage2
+    sampler = pipeline_config(sample_presets.get_config(preset))
+    csg_config = sampler.stage2
     model_dict, params = checkpoints.load(stage2_dir, kind="dit")
     model_config = DiTConfig.from_dict(model_dict)
-    denoiser = csg.WindowDenoiser(model_config, csg_config)  # validates conditioning vs model
-    text_len = pipeline_config.text_len
+    denoiser = stage2.WindowDenoiser(model_config, csg_config)  # validates conditioning vs model
+    text_len = sampler.text_len
     start = time.time()
 
     def named_records():
@@ -71,9 +68,7 @@ def rollout(
         for index in indices:
             record = records.as_record(source[index])
             key = jax.random.fold_in(jax.random.key(seed), index)
-            generated = generate_clip(
-                params, model_config, csg_config, denoiser, record, text_len, key
-            )
+            generated = generate_clip(params, denoiser, record, text_len, key)
             yield record["name"], records.with_generated(record, generated)
 
     report = prepare.PrepareReport(written=len(source))
@@ -97,7 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="prepared records (stage2 layout)")
     parser.add_argument("--stage2", required=True, help="Stage II DiT checkpoint folder")
     parser.add_argument("--out", required=True, help="output folder (new or --overwrite)")
-    parser.add_argument("--preset", default="demo", help="configs/sample.py preset (sampler)")
+    parser.add_argument("--preset", default="demo", help="sample preset (presets/sample.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """A tensorflow-datasets builder for the same video-folder format as prepare.py.
 
-Runs without TensorFlow (file_format='array_record'; DESIGN.md): `download_and_prepare()`
+Runs without TensorFlow (file_format='array_record'; docs/design.md, "Facts checked on this
+machine"): `download_and_prepare()`
 encodes every usable video of the folder with the given encoders, and `as_data_source()`
 returns grain-ready random-access sources whose records feed `loader.make_loader` directly.
 

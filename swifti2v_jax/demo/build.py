@@ -21,20 +21,18 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from configs import dit as dit_configs
-from configs import t5 as t5_configs
-from configs import vae as vae_configs
 from swifti2v_jax import checkpoints
 from swifti2v_jax.demo import EXAMPLE_IMAGE, cache_root
 from swifti2v_jax.models import dit, t5, vae
+from swifti2v_jax.presets import dit as dit_presets
+from swifti2v_jax.presets import t5 as t5_presets
+from swifti2v_jax.presets import vae as vae_presets
 
 VERSION = 1  # bump when the demo architecture changes (invalidates cached random builds)
 MARKER = "DEMO.json"
@@ -66,7 +64,7 @@ def tokenizer_json() -> str:
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(f"▁{w}", -1.0 - 0.01 * i) for i, w in enumerate(_WORDS)]
     pieces += [(c, -5.0) for c in _SYMBOLS]
-    vocab_size = t5_configs.get_config(T5_PRESET).vocab_size
+    vocab_size = t5_presets.get(T5_PRESET).vocab_size
     if len(pieces) > vocab_size:
         raise AssertionError(f"demo vocabulary has {len(pieces)} pieces > {vocab_size}")
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
@@ -107,17 +105,17 @@ def random_params(abstract, rng: np.random.Generator, stacked: tuple[str, ...] =
 
 
 def _dit_params(preset: str, rng):
-    config = dit.DiTConfig.from_dict(dit_configs.get_config(preset))
+    config = dit_presets.config(preset)
     return config.to_dict(), random_params(dit.abstract_params(config), rng)
 
 
 def _vae_params(preset: str, rng):
-    config = vae.as_config(vae_configs.get_config(preset))
+    config = vae_presets.config(preset)
     return config.to_dict(), random_params(vae.abstract_params(config), rng, stacked=())
 
 
 def _t5_params(rng):
-    config = t5.T5Config.from_dict(t5_configs.get_config(T5_PRESET))
+    config = t5_presets.config(T5_PRESET)
     abstract = jax.eval_shape(lambda: t5.init_params(config, jax.random.key(0)))
     return config.to_dict(), random_params(abstract, rng, stacked=())
 
@@ -126,22 +124,9 @@ def build(directory: str | os.PathLike, *, stage1: str = "ti2v", seed: int = 0) 
     """Writes a random-init demo checkpoint root to `directory` (which must not exist)."""
     if stage1 not in STAGE1_KINDS:
         raise ValueError(f"stage1 must be one of {STAGE1_KINDS}, got {stage1!r}")
-    directory = Path(directory).absolute()
-    if directory.exists():
-        raise FileExistsError(f"{directory} already exists")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        _write_components(tmp / "root", stage1, seed)
-        try:
-            os.replace(tmp / "root", directory)
-        except OSError:
-            if directory.exists():  # another process finished first
-                raise FileExistsError(f"{directory} already exists") from None
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    with checkpoints.atomic_directory(directory, FileExistsError) as staging:
+        _write_components(staging, stage1, seed)
+    return Path(directory).absolute()
 
 
 def _write_components(root: Path, stage1: str, seed: int) -> None:

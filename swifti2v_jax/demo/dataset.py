@@ -8,7 +8,7 @@ target size and at 1/factor (box downsampled, data/procedural.py), then:
 
   OUT/stage2  latents = VAE(high-res clip); reference = z_ref of the hybrid reference built
               from the low-res clip after a VAE round trip (what a Stage I output looks like:
-              decoded low-res frames), exactly as sampling builds it (sampling/reference.py).
+              decoded low-res frames), exactly as sampling builds it (csg/reference.py).
   OUT/stage1  latents = VAE(low-res clip); reference = the latents (unused: no z_ref).
 
 Captions name the camera's horizontal pan ('... pans left/right'), embedded with the demo's
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from swifti2v_jax import checkpoints, text
+from swifti2v_jax.csg import reference
 from swifti2v_jax.data import prepare, procedural, records
 from swifti2v_jax.models import vae
-from swifti2v_jax.sampling import reference
 
 STAGES = ("stage1", "stage2")
 

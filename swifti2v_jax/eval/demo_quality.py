@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import sample as sample_configs
 from swifti2v_jax import checkpoints
+from swifti2v_jax.csg import layout, reference
 from swifti2v_jax.data import procedural, records
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 from swifti2v_jax.demo.dataset import TextEncoder, caption
@@ -48,8 +48,10 @@ from swifti2v_jax.eval import metrics
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import quant, vae
 from swifti2v_jax.models.dit import DiTConfig
-from swifti2v_jax.sampling import csg, reference, stage1
-from swifti2v_jax.sampling.pipeline import PipelineConfig
+from swifti2v_jax.presets import sample as sample_presets
+from swifti2v_jax.sampling import orchestrator, stage2
+from swifti2v_jax.sampling.config import pipeline_config as make_pipeline_config
+from swifti2v_jax.sampling.residency import ResidentModels
 
 FIRST_HELD_OUT_SEED = 1_000_000
 METHODS = ("bicubic", "z_ref", "stage2", "read_only")
@@ -73,6 +75,10 @@ class DemoModels:
         stage2_config, self.stage2_params = load_dit(weights / "stage2", dit_weights)
         self.stage2_config = DiTConfig.from_dict(stage2_config)
         self.text = TextEncoder(weights, text_len=text_len)
+        self.resident = ResidentModels(
+            stage1_dits=(self.stage1_params,), stage1_vae=self.vae_params,
+            stage2_dit=self.stage2_params, vae=self.vae_params,
+        )  # fmt: skip
 
 
 DIT_WEIGHTS = ("bf16", *quant.WEIGHT_FORMATS)
@@ -95,11 +101,10 @@ def encode_context(models: DemoModels, prompt: str) -> jax.Array:
     return jnp.asarray(records.pad_context(models.text(prompt), models.text.text_len))[None]
 
 
-def stage2_video(models, csg_config, z_ref, anchor, context, key) -> np.ndarray:
-    latents = csg.generate(
-        models.stage2_params, models.stage2_config, csg_config,
-        z_ref=z_ref, anchor=anchor, context=context, key=key,
-    )  # fmt: skip
+def stage2_video(models, denoiser, z_ref, anchor, context, key) -> np.ndarray:
+    latents = orchestrator.stage2_latents(
+        denoiser, models.stage2_params, z_ref, anchor, context, key=key
+    )
     return decode(models, latents)
 
 
@@ -107,7 +112,9 @@ def decode(models, latents) -> np.ndarray:
     return np.asarray(vae.decode(models.vae_params, models.vae_config, latents))[0]
 
 
-def segment_frames(csg_config: csg.CSGConfig, num_blocks: int, temporal: int) -> list[list[int]]:
+def segment_frames(
+    csg_config: layout.WindowLayout, num_blocks: int, temporal: int
+) -> list[list[int]]:
     """Pixel frames produced by each segment (its noisy blocks; block b >= 1 is frames
     temporal*(b-1)+1 .. temporal*b)."""
     frames = []
@@ -117,7 +124,17 @@ def segment_frames(csg_config: csg.CSGConfig, num_blocks: int, temporal: int) ->
     return frames
 
 
-def evaluate_clip(models, pipeline_config, seed, frames, height, width, factor, key):
+def make_denoisers(models, csg_config) -> dict[str, stage2.WindowDenoiser]:
+    """One compiled Stage II program per attention mode, reused for every clip."""
+    return {
+        method: stage2.WindowDenoiser(
+            models.stage2_config, dataclasses.replace(csg_config, attention=attention)
+        )
+        for method, attention in (("stage2", "bidirectional"), ("read_only", "read_only"))
+    }
+
+
+def evaluate_clip(models, pipeline_config, denoisers, seed, frames, height, width, factor, key):
     high, low = procedural.render_pair(seed, frames, height, width, factor)
     image = jnp.asarray(high[None, 0])
     context = encode_context(models, caption(seed))
@@ -130,29 +147,24 @@ def evaluate_clip(models, pipeline_config, seed, frames, height, width, factor, 
     scores["vae"] = _scores(np.asarray(recon)[0], high)
 
     # Stage I from the low-res first frame (TI2V image-to-video)
-    image_latent = vae.encode(models.vae_params, models.vae_config, low[None, :1])
-    z_low = stage1.ti2v_image_to_video(
-        models.stage1_params, models.stage1_config, pipeline_config.stage1,
-        image_latent=image_latent, num_latent_frames=vae.num_latent_frames(
-            models.vae_config, frames), context=context, key=key_stage1,
+    stage1_low = orchestrator.stage1_video(
+        models.resident, models.stage1_config, models.vae_config, pipeline_config.stage1,
+        jnp.asarray(low[None, 0]), frames=frames, context=context, key=key_stage1,
     )  # fmt: skip
-    stage1_low = vae.decode(models.vae_params, models.vae_config, z_low)
 
     low_latents = vae.encode(models.vae_params, models.vae_config, low[None])
     low_through_vae = vae.decode(models.vae_params, models.vae_config, low_latents)
     videos = {}
     low_videos = {"oracle": jnp.asarray(low[None]), "vae_oracle": low_through_vae}
     for protocol, video_low in (*low_videos.items(), ("pipeline", stage1_low)):
-        upsampled = np.array(reference.upsample_frames(video_low, height, width)[0])
+        upsampled = np.array(reference.resize_frames(video_low, height, width)[0])
         upsampled[0] = high[0]  # both methods are given the input image as frame 0
-        z_ref = reference.encode_hybrid_reference(
+        z_ref, anchor = orchestrator.reference_latents(
             models.vae_params, models.vae_config, video_low, image
         )
-        anchor = reference.encode_anchor(models.vae_params, models.vae_config, image)
         outputs = {"bicubic": upsampled, "z_ref": decode(models, z_ref)}
-        for method, attention in (("stage2", "bidirectional"), ("read_only", "read_only")):
-            config = dataclasses.replace(pipeline_config.stage2, attention=attention)
-            outputs[method] = stage2_video(models, config, z_ref, anchor, context, key_stage2)
+        for method, denoiser in denoisers.items():
+            outputs[method] = stage2_video(models, denoiser, z_ref, anchor, context, key_stage2)
         for method, video in outputs.items():
             scores[f"{protocol}/{method}"] = _scores(video, high)
         videos[protocol] = outputs
@@ -282,11 +294,12 @@ def run(
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     start = time.time()
-    sample_config = sample_configs.get_config("demo")
+    sample_config = sample_presets.get_config("demo")
     if height is None or width is None:
         width, height = image_io.parse_size(sample_config.resolution)
-    pipeline_config = PipelineConfig.from_config(sample_config)
+    pipeline_config = make_pipeline_config(sample_config)
     models = DemoModels(Path(weights), pipeline_config.text_len, dit_weights)
+    denoisers = make_denoisers(models, pipeline_config.stage2)
     num_blocks = vae.num_latent_frames(models.vae_config, frames)
     segments = segment_frames(pipeline_config.stage2, num_blocks, models.vae_config.temporal_factor)
     per_clip, first = [], None
@@ -294,7 +307,7 @@ def run(
         clip_seed = first_clip_seed + index
         key = jax.random.fold_in(jax.random.key(seed), index)
         scores, truth, videos = evaluate_clip(
-            models, pipeline_config, clip_seed, frames, height, width, factor, key
+            models, pipeline_config, denoisers, clip_seed, frames, height, width, factor, key
         )
         per_clip.append(scores)
         first = first or (truth, videos)

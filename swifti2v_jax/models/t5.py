@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swifti2v_jax import config_fields
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -67,14 +69,7 @@ class T5Config:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> T5Config:
         """From a dict or an ml_collections ConfigDict; unknown keys are an error."""
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown T5 config keys {unknown}; expected a subset of {sorted(known)}"
-            )
-        return cls(**d)
+        return config_fields.from_fields(cls, d, "T5")
 
 
 def relative_position_buckets(

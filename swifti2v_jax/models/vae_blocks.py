@@ -1,4 +1,4 @@
-"""Building blocks of the Wan2.1 / Wan2.2 causal 3D VAEs (reference/wan22.md sections 2.2, 2.6).
+"""Building blocks of the Wan2.1 / Wan2.2 causal 3D VAEs (docs/design.md, "Models").
 
 All activations are channels-last `[B, T, H, W, C]`. Every temporal convolution keeps its own
 slice of the feature cache in the flax `cache` collection, so a caller runs the model one
@@ -275,7 +275,7 @@ def dup_up(x, out_channels: int, factor_t: int, factor_s: int, first: bool):
 
 
 def patchify(x, patch: int):
-    """[B, T, H, W, C] -> [B, T, H/p, W/p, C*p*p], channel = c*p*p + col*p + row (wan22.md 2.1)."""
+    """[B, T, H, W, C] -> [B, T, H/p, W/p, C*p*p], channel = c*p*p + col*p + row (the release)."""
     if patch == 1:
         return x
     b, t, h, w, c = x.shape

@@ -1,4 +1,4 @@
-"""Classifier-free guidance and the Wan2.2 A14B expert switch (reference/wan22.md 1.10, 5.1).
+"""Classifier-free guidance and the Wan2.2 A14B expert switch (docs/design.md, "Models").
 
 For each step with integer timestep t: t >= boundary * 1000 runs the high-noise expert with the
 "high" guide scale, otherwise the low-noise expert with the "low" scale. Guide-scale pairs are

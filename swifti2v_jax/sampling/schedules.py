@@ -1,4 +1,4 @@
-"""Flow-matching sigma schedules (host-side numpy; reference/wan22.md section 5).
+"""Flow-matching sigma schedules (host-side numpy; docs/design.md, "Samplers").
 
 Convention: x_s = (1 - s) * x0 + s * eps, sigma 1 is pure noise. A schedule holds N + 1 sigmas
 (strictly decreasing, usually ending at 0) and the N integer timesteps the model sees,

@@ -6,7 +6,7 @@ Every solver exposes
 so that all N steps run inside one `lax.fori_loop` (see `sample_loop`). The model output v is a
 flow-matching velocity (v = eps - x0), so the x0-prediction is x - sigma * v.
 
-Implemented (reference/wan22.md section 5):
+Implemented (docs/design.md, "Samplers"):
   * Euler: x + (sigma_next - sigma) * v.
   * UniPC bh2, order 2, predict_x0, lower_order_final, with the UniC corrector: the maths of
     both the original Wan FlowUniPCMultistepScheduler and diffusers' UniPCMultistepScheduler

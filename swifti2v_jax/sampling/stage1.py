@@ -1,11 +1,11 @@
 """Stage I: the low-resolution motion reference, with either Wan2.2 image-to-video backbone.
 
-* TI2V-5B image-to-video mode (reference/wan22.md 1.9): latent frame 0 is the clean image
+* TI2V-5B image-to-video mode (docs/design.md, "Models"): latent frame 0 is the clean image
   latent with timestep 0, every other frame is noise with the step's timestep; frame 0 is
   re-imposed after every solver step (here: never updated, via the loop's update mask).
-* I2V-A14B (wan22.md 1.10): the model input is [noisy latent (16) | mask (4) | image latent
-  (16)] on channels; the image latent encodes [image, 0, 0, ...] with the Wan2.1 VAE, the
-  mask is 1 on latent frame 0. Two experts: t >= boundary * 1000 runs the high-noise one.
+* I2V-A14B (docs/design.md, "Models"): the model input is [noisy latent (16) | mask (4) |
+  image latent (16)] on channels; the image latent encodes [image, 0, 0, ...] with the Wan2.1
+  VAE, the mask is 1 on latent frame 0. Two experts: t >= boundary * 1000 runs the high-noise one.
   Few-step (Lightning LoRAs merged at conversion): 4 Euler steps, shift 5, guidance 1.
 
 Each sampler is one jitted program (all steps in a `lax.fori_loop`), cached per model config
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
 from swifti2v_jax.sampling import guidance as guidance_lib
@@ -37,7 +38,9 @@ class Stage1Config:
     """Stage I sampler settings.
 
     guide_scale: the CFG scale (of the high-noise expert for A14B); guide_scale_low: the
-    low-noise expert's scale (None = the same). 1.0 skips the unconditional forward.
+    low-noise expert's scale (None or < 0 = the same). 1.0 skips the unconditional forward.
+    Stage I's size: `resolution` WIDTHxHEIGHT if given, else the target / `divisor` per side
+    (rounded, sampling/plan.py).
     """
 
     backbone: str = "ti2v"
@@ -48,8 +51,15 @@ class Stage1Config:
     guide_scale: float = 1.0
     guide_scale_low: float | None = None
     boundary: float = 0.9
+    divisor: int = 4
+    resolution: str = ""  # '' = target / divisor
 
     def __post_init__(self):
+        if self.guide_scale_low is not None and self.guide_scale_low < 0:
+            object.__setattr__(self, "guide_scale_low", None)  # config files write -1 for None
+        if self.divisor < 1:
+            raise ValueError(f"stage1.divisor must be >= 1, got {self.divisor}")
+        self.size  # noqa: B018 -- validates the resolution now
         if self.backbone not in BACKBONES:
             raise ValueError(f"Stage I backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.steps < 1:
@@ -60,6 +70,16 @@ class Stage1Config:
 
     def make_schedule(self) -> schedules.Schedule:
         return schedules.make_schedule(self.schedule, self.steps, self.shift)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The explicit Stage I (width, height), or None to derive it from the divisor."""
+        if not self.resolution:
+            return None
+        try:
+            return image_io.parse_size(self.resolution)
+        except ValueError as e:
+            raise ValueError(f"stage1.resolution: {e}") from None
 
     def guidance(self) -> guidance_lib.Guidance:
         low = self.guide_scale if self.guide_scale_low is None else self.guide_scale_low

@@ -1,5 +1,9 @@
 """Preemption-safe training checkpoints: Orbax CheckpointManager (async) + the grain iterator.
 
+These are the resumable state of a run in WORKDIR/checkpoints (training/loop.py). Model
+directories, what conversion writes, sample.py loads and a finished run exports to
+WORKDIR/model, are a different format: swifti2v_jax/checkpoints.py.
+
 A checkpoint at step S holds two items: `state` (TrainState: params, optimizer state, EMA,
 step, RNG key; sharded arrays are saved and restored with their shardings) and `data` (each
 host's grain iterator state, after the batch of step S was consumed). Orbax writes into

@@ -1,9 +1,8 @@
 """Everything train.py builds from its ml_collections config, in small testable pieces.
 
-Config layout (configs/stage2.py, configs/stage1_lora.py): `model` (a configs/dit.py preset)
+Config layout (configs/stage2.py, configs/stage1_lora.py): `model` (a presets/dit.py name)
 + `model_overrides`, `init_checkpoint`, `lora`, `loss`, `csg`, `optimizer`, `data`, `mesh`,
-`checkpoint`, `batch_size` (global; -1: `batch_per_device` x devices), `num_steps`,
-`text_len`, `seed`, `log_every`.
+`checkpoint`, `batch_size` (global), `num_steps`, `text_len`, `seed`, `log_every`.
 """
 
 from __future__ import annotations
@@ -16,50 +15,39 @@ import jax
 import numpy as np
 from absl import logging
 
-from configs import dit as dit_presets
+from swifti2v_jax import config_fields
+from swifti2v_jax.csg import layout
 from swifti2v_jax.data import loader as loader_lib
 from swifti2v_jax.data import prepare, records, synthetic
 from swifti2v_jax.models import dit
-from swifti2v_jax.sampling import segments
+from swifti2v_jax.presets import dit as dit_presets
 from swifti2v_jax.training import lora, optim, sharding
+from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
 from swifti2v_jax.training.loss import LossConfig
 
 
 def model_config(config) -> dit.DiTConfig:
-    fields = dit_presets.get_config(config.model).to_dict()
-    for name, value in config.model_overrides.items():
-        if value is not None:
-            fields[name] = value
-    return dit.DiTConfig.from_dict(fields)
+    return dit_presets.config(config.model, **config.model_overrides)
 
 
 def loss_config(config) -> LossConfig:
-    return LossConfig.from_config(config.loss)
+    return config_fields.from_fields(LossConfig, config.loss, "loss")
 
 
 def optimizer_config(config) -> optim.OptimizerConfig:
-    return optim.OptimizerConfig.from_config(config.optimizer)
+    return config_fields.from_fields(optim.OptimizerConfig, config.optimizer, "optimizer")
 
 
 def window_spec(config) -> loader_lib.WindowSpec:
-    return loader_lib.WindowSpec(
-        noisy_blocks=config.csg.noisy_blocks,
-        neighbours=config.csg.neighbours,
-        end_to_end=config.csg.end_to_end,
-        text_len=config.text_len,
-        generated_neighbours=config.csg.get("generated_neighbours", 0.0),
-    )
+    """The `csg` section (the window layout and generated_neighbours) + text_len."""
+    fields = {**config_fields.as_dict(config.csg), "text_len": config.text_len}
+    return config_fields.from_fields(loader_lib.WindowSpec, fields, "csg")
 
 
 def check_model_against_loss(model: dit.DiTConfig, loss: LossConfig) -> None:
-    factor = 2 if loss.conditioning == "concat" else 1
-    if model.in_dim != factor * model.out_dim:
-        raise ValueError(
-            f"conditioning {loss.conditioning!r} needs in_dim = {factor} x out_dim, the model "
-            f"{model.in_dim} / {model.out_dim}; use a *_concat model preset for concat"
-        )
+    loss_lib.check_model(model.in_dim, model.out_dim, loss)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +165,7 @@ def check_init(config) -> None:
 
 def check_windows(config, info: DataInfo) -> None:
     if not config.csg.end_to_end:
-        segments.validate(info.num_blocks, config.csg.noisy_blocks, config.csg.neighbours)
+        layout.validate(info.num_blocks, config.csg.noisy_blocks, config.csg.neighbours)
 
 
 def make_parameters(config, model: dit.DiTConfig) -> Parameters:
@@ -218,20 +206,15 @@ def place(tree, specs, mesh):
     return jax.tree.map(one, tree, specs)
 
 
-def global_batch_size(config, mesh) -> int:
-    """`batch_size` (global), or with batch_size = -1, `batch_per_device` x the mesh size."""
+def resolve_batch_size(config, mesh) -> None:
+    """batch_size = -1 means `batch_per_device` x the mesh size: written into the config."""
     if config.batch_size == -1:
         per_device = config.get("batch_per_device", 1)
         if per_device < 1:
             raise ValueError(f"batch_per_device must be >= 1, got {per_device}")
-        return per_device * mesh.size
-    if config.batch_size < 1:
-        raise ValueError(
-            f"batch_size must be >= 1 (or -1: batch_per_device), got {config.batch_size}"
-        )
-    return config.batch_size
+        config.batch_size = per_device * mesh.size
 
 
 def check_batch(config, mesh) -> int:
-    """-> the per-host batch size (the global batch must split over devices and hosts)."""
-    return sharding.check_batch_size(global_batch_size(config, mesh), mesh)
+    """The per-host batch (batch_size >= 1 is loop.check_config's rule)."""
+    return sharding.check_batch_size(config.batch_size, mesh)

@@ -1,7 +1,7 @@
 """The Stage II training objective: flow matching on the noisy blocks of CSG windows.
 
 A batch holds windows already cut out of clips on the host (data/loader.py, with the layout of
-`segments.sample_training_window`): `latents` and `reference` [B, W, h, w, C] (clean latents and
+`csg.layout.WindowLayout.sample`): `latents` and `reference` [B, W, h, w, C] (clean latents and
 z_ref at the window's blocks), `positions` [B, W] (absolute block indices, the RoPE positions),
 `is_noisy` [B, W] bool and `context` [B, L, d]. For one example with flow time s in (0, 1):
 
@@ -13,7 +13,7 @@ noised too, to a ~ U(0, a_max) per example, with timestep 1000 a: at sampling th
 are the model's own imperfect output, and a model trained on clean true neighbours copies
 their errors forward segment after segment (sampling then sets `csg.neighbour_sigma`).
 
-The model input follows sampling exactly (`sampling.csg.window_model_input`): `concat` feeds
+The model input follows sampling exactly (`csg.inputs.window_model_input`): `concat` feeds
 [x_s, z_ref] on channels, `none` feeds x_s alone (the Stage I / plain TI2V I2V case); noisy
 blocks get timestep 1000 s, context blocks 0. Sampling feeds the scheduler's timesteps (also
 1000 sigma, floats); training uses the continuous 1000 s without rounding, which covers them.
@@ -29,8 +29,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from swifti2v_jax.sampling import csg, segments
-from swifti2v_jax.training import degradation
+from swifti2v_jax.csg import degradation, inputs, layout
 
 CONDITIONING = ("concat", "none")
 TIMESTEP_SAMPLING = ("uniform", "logit_normal")
@@ -76,14 +75,15 @@ class LossConfig:
         if self.degradation_factor < 1 or self.degradation_noise < 0:
             raise ValueError("degradation_factor must be >= 1 and degradation_noise >= 0")
 
-    @classmethod
-    def from_config(cls, fields) -> LossConfig:
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(fields) - names
-        if unknown:
-            raise ValueError(f"unknown loss config fields {sorted(unknown)}")
-        return cls(**fields)
+
+def sampler_conditioning(conditioning: str) -> str:
+    """The loss's conditioning name as csg/inputs.py spells it ('none' feeds x alone)."""
+    return "concat" if conditioning == "concat" else "refine"
+
+
+def check_model(in_dim: int, out_dim: int, config: LossConfig) -> None:
+    """The model's channels against the conditioning (csg.inputs.check_conditioning)."""
+    inputs.check_conditioning(sampler_conditioning(config.conditioning), in_dim, out_dim)
 
 
 def shift_time(s: jax.Array, shift: float) -> jax.Array:
@@ -169,13 +169,13 @@ def squared_error_sum(apply_fn, params, batch, example_keys, config: LossConfig)
     s = noise.s[:, None, None, None, None]
     a = noise.neighbour_sigma[:, None, None, None, None]
     block_is_noisy = is_noisy[:, :, None, None, None]
-    block_is_neighbour = segments.neighbour_mask(is_noisy)[:, :, None, None, None]
+    block_is_neighbour = layout.neighbour_mask(is_noisy)[:, :, None, None, None]
     # Noisy and neighbour blocks are distinct blocks: one eps tensor serves both.
     x_context = jnp.where(block_is_neighbour, (1.0 - a) * x0 + a * noise.eps, x0)
     x_s = jnp.where(block_is_noisy, (1.0 - s) * x0 + s * noise.eps, x_context)
 
-    conditioning = "concat" if config.conditioning == "concat" else "refine"
-    model_input, timesteps = csg.window_model_input(
+    conditioning = sampler_conditioning(config.conditioning)
+    model_input, timesteps = inputs.window_model_input(
         x_s,
         noise.reference,
         is_noisy,

@@ -36,15 +36,6 @@ class OptimizerConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
-    @classmethod
-    def from_config(cls, fields) -> OptimizerConfig:
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(fields) - names
-        if unknown:
-            raise ValueError(f"unknown optimizer config fields {sorted(unknown)}")
-        return cls(**fields)
-
 
 def learning_rate_schedule(config: OptimizerConfig, num_steps: int) -> optax.Schedule:
     decay_steps = config.decay_steps or num_steps

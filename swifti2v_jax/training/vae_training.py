@@ -14,7 +14,7 @@ and std of the EMA model's latents on full clips and writes them into the VAE co
 `vae.encode` then yields the zero-mean, unit-variance latents the DiTs are trained on.
 
 Single device (the demo VAE is small); the loop, checkpoints (Orbax, with the grain iterator)
-and metrics are train.py's.
+and metrics are the DiT's (training/loop.py): this module brings the data, step and export.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from swifti2v_jax import checkpoints
+from swifti2v_jax import checkpoints, config_fields
 from swifti2v_jax.data import procedural
 from swifti2v_jax.models import vae
-from swifti2v_jax.training import checkpointing, metrics, optim
+from swifti2v_jax.training import checkpointing, loop, optim
 from swifti2v_jax.training import state as state_lib
 
-MODEL_DIR = "model"  # WORKDIR/model: the exported VAE (checkpoints.save layout)
+MODEL_DIR = loop.MODEL_DIR  # WORKDIR/model: the exported VAE (checkpoints.save layout)
 TRAIN_PARTS = ("all", "decoder")
 
 
@@ -89,10 +89,10 @@ class VAELossConfig:
 
 def vae_config_from(config) -> vae.VAEConfig:
     """The architecture from `config.vae`, with identity normalisation (set at export)."""
-    fields = dict(config.vae.to_dict())
+    fields = config_fields.as_dict(config.vae)
     z = int(fields["z_dim"])
     fields.update(latents_mean=[0.0] * z, latents_std=[1.0] * z, dtype="float32")
-    return vae.VAEConfig.from_dict(fields)
+    return config_fields.from_fields(vae.VAEConfig, fields, "vae")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,73 +261,40 @@ def initial_params(config, vae_config: vae.VAEConfig):
 
 
 def train(config, workdir: Path) -> int:
+    """A demo-VAE training run on the shared loop (training/loop.py); returns the last step."""
     vae_config = vae_config_from(config)
-    data = VAEDataConfig(**config.data.to_dict())
+    data = config_fields.from_fields(VAEDataConfig, config.data, "data")
     data.validate(vae_config)
-    loss = VAELossConfig(**config.loss.to_dict())
-    opt_config = optim.OptimizerConfig.from_config(config.optimizer)
-    if config.num_steps < 1 or config.log_every < 1 or config.checkpoint.every < 1:
-        raise ValueError("num_steps, log_every and checkpoint.every must be >= 1")
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    loss = config_fields.from_fields(VAELossConfig, config.loss, "loss")
+    opt_config = config_fields.from_fields(optim.OptimizerConfig, config.optimizer, "optimizer")
+    loop.check_config(config)
 
     start = time.time()
     pool = ClipPool(*render_pool(data))
     logging.info("rendered %d procedural clips in %.1f s", len(pool), time.time() - start)
-    loader = make_loader(pool, data, config.batch_size)
-    iterator = iter(loader)
-
     optimizer = optim.make_optimizer(opt_config, config.num_steps)
-    schedule = optim.learning_rate_schedule(opt_config, config.num_steps)
     use_ema = opt_config.ema_decay > 0
     params = initial_params(config, vae_config)
     mask = trainable_mask(params, config.get("train", "all"))
     create = lambda p: state_lib.create_state(p, optimizer, config.seed, use_ema)
-    checkpointer = checkpointing.Checkpointer(
-        workdir / "checkpoints", keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
-    )
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        logging.info("resuming from the checkpoint at step %d", latest)
-        abstract = checkpointing.abstract_like(jax.eval_shape(create, params))
-        state = checkpointer.restore(latest, abstract, iterator)
-    else:
-        state = create(params)
-    step = int(state.step)
-    train_step = make_train_step(
+    step_fn = make_train_step(
         vae_config, loss, optimizer, opt_config.grad_clip, opt_config.ema_decay, mask
     )
-    writer = metrics.MetricsWriter(workdir)
-    watcher = checkpointing.PreemptionWatcher(checkpointer, multi_host=False)
-    last_time, last_step = time.time(), step
-    stopped = False
-    while step < config.num_steps:
-        state, values = train_step(state, jnp.asarray(next(iterator)))
-        step += 1
-        if step % config.log_every == 0 or step == config.num_steps:
-            values = {k: float(v) for k, v in jax.device_get(values).items()}
-            elapsed = max(time.time() - last_time, 1e-9)
-            values["learning_rate"] = float(schedule(step - 1))
-            values["samples_per_sec"] = (step - last_step) * config.batch_size / elapsed
-            writer.write(step, values)
-            last_time, last_step = time.time(), step
-        if step % config.checkpoint.every == 0 or step == config.num_steps:
-            checkpointer.save(step, state, iterator)
-        if watcher.should_stop(step):
-            checkpointer.save(step, state, iterator)
-            logging.warning("preempted: saved the checkpoint at step %d, stopping", step)
-            stopped = True
-            break
-    checkpointer.close()
-    watcher.close()
-    writer.close()
-    if not stopped and (workdir / MODEL_DIR).exists():
-        logging.info("%s exists: not exporting again", workdir / MODEL_DIR)
-    elif not stopped:
+
+    def export_final(state, step: int, out_dir: Path):
         final = state.ema_params if use_ema else state.params
         out = export(
-            jax.device_get(final), vae_config, pool, workdir / MODEL_DIR,
+            jax.device_get(final), vae_config, pool, out_dir,
             trained_steps=step, source="train.py --config=configs/demo/vae.py",
         )  # fmt: skip
-        logging.info("done at step %d: exported the VAE to %s", step, out)
-    return step
+        logging.info("exported the VAE to %s", out)
+
+    task = loop.Task(
+        abstract_state=checkpointing.abstract_like(jax.eval_shape(create, params)),
+        init_state=lambda: create(params),
+        data_iterator=iter(make_loader(pool, data, config.batch_size)),
+        train_step=lambda state, video: step_fn(state, jnp.asarray(video)),
+        learning_rate=optim.learning_rate_schedule(opt_config, config.num_steps),
+        export=export_final,
+    )
+    return loop.run(task, config, workdir)

@@ -1,9 +1,13 @@
-"""The hybrid reference and the anchor latent that condition Stage II.
+"""The hybrid reference and the anchor latent that condition Stage II: the one builder.
 
-Hybrid reference (DESIGN.md): the decoded Stage I video upsampled to the target size
-(bicubic, `jax.image.resize`), with frame 0 replaced by the full-resolution input image,
+Hybrid reference (docs/design.md, "Data flow"): a low-resolution video (the decoded Stage I
+output at sampling; a degraded downsampled clip in training data, csg/degradation.py)
+upsampled to the target size (bicubic, `jax.image.resize`), with frame 0 replaced by the
+full-resolution input image,
 encoded with the Stage II (Wan2.2) VAE -> z_ref [B, T, h, w, C]. The anchor is the VAE
-latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1].
+latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1]. Sampling,
+data preparation and the demo data set all call `encode_hybrid_reference`, so a model is
+trained on exactly the references it is sampled with.
 
 `encode_hybrid_reference` never materialises the full-resolution video: it upsamples one
 encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE encoder.
@@ -19,13 +23,17 @@ import jax.numpy as jnp
 
 from swifti2v_jax.models import vae as vae_lib
 
+RESIZE_METHOD = "bicubic"  # every pixel-space resize of a reference (up and down)
+
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
-def upsample_frames(frames: jax.Array, height: int, width: int) -> jax.Array:
-    """[B, n, h, w, 3] in [-1, 1] -> [B, n, height, width, 3], bicubic, clipped to [-1, 1]."""
+def resize_frames(frames: jax.Array, height: int, width: int) -> jax.Array:
+    """[B, n, h, w, 3] in [-1, 1] -> [B, n, height, width, 3], bicubic, clipped to [-1, 1].
+
+    Also used to downsample (jax.image.resize antialiases then)."""
     batch, count, _, _, channels = frames.shape
     resized = jax.image.resize(
-        frames.astype(jnp.float32), (batch, count, height, width, channels), method="bicubic"
+        frames.astype(jnp.float32), (batch, count, height, width, channels), method=RESIZE_METHOD
     )
     return jnp.clip(resized, -1.0, 1.0)
 
@@ -48,7 +56,7 @@ def hybrid_reference(video_low: jax.Array, image: jax.Array) -> jax.Array:
     """
     _check(video_low, image)
     height, width = image.shape[1:3]
-    rest = upsample_frames(video_low[:, 1:], height, width)
+    rest = resize_frames(video_low[:, 1:], height, width)
     return jnp.concatenate([image[:, None].astype(jnp.float32), rest], axis=1)
 
 
@@ -77,7 +85,7 @@ def encode_hybrid_reference(
     if on_chunk is not None:
         on_chunk(1)
     for start in range(1, frames, step):
-        chunk = upsample_frames(video_low[:, start : start + step], height, width)
+        chunk = resize_frames(video_low[:, start : start + step], height, width)
         latents.append(encoder.push(chunk))
         if on_chunk is not None:
             on_chunk(len(latents))

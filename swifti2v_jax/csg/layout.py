@@ -1,4 +1,4 @@
-"""The CSG segment planner: which latent blocks each window holds, for sampling and training.
+"""The CSG window layout: which latent blocks each window holds, for sampling and training.
 
 A window always holds W = 1 + N + M blocks: the anchor (block 0, the input image), clean
 neighbour blocks and noisy blocks, in increasing block order. Its non-anchor blocks form one
@@ -9,6 +9,10 @@ contiguous range [lo, lo + W - 1); noisy blocks start at `start`, neighbours fil
 so the first segment (no neighbours yet) takes more noisy blocks and the last segment (fewer
 than M left) takes more clean neighbours: the window size, hence the compiled program, never
 changes. Clips shorter than a window (T < W) are one window of T blocks.
+
+`WindowLayout` (M, N, end_to_end) is the one type that says how a clip is cut into windows;
+the sampler config (sampling/stage2.CSGConfig) and the training loader's spec
+(data/loader.WindowSpec) both extend it, so sampling and training cannot disagree.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ def neighbour_mask(is_noisy):
 def validate(num_blocks: int, noisy: int, neighbours: int) -> None:
     if num_blocks < 2:
         raise ValueError(f"CSG needs at least 2 latent blocks (anchor + 1), got {num_blocks}")
+    check_counts(noisy, neighbours)
+
+
+def check_counts(noisy: int, neighbours: int) -> None:
     if noisy < 1:
         raise ValueError(f"noisy blocks per segment M must be >= 1, got {noisy}")
     if neighbours < 0:
@@ -98,3 +106,35 @@ def sample_training_window(
     """A window at a uniformly random segment start, with exactly the sampling-time layout."""
     start = int(rng.integers(1, num_blocks))
     return window_for_start(num_blocks, noisy, neighbours, start)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowLayout:
+    """How a clip is cut into windows: M noisy blocks after N neighbours, or end to end."""
+
+    noisy_blocks: int = 3  # M
+    neighbours: int = 1  # N
+    end_to_end: bool = False  # one window over the whole clip (the baseline)
+
+    def __post_init__(self):
+        check_counts(self.noisy_blocks, self.neighbours)
+
+    def validate(self, num_blocks: int) -> None:
+        validate(num_blocks, self.noisy_blocks, self.neighbours)
+
+    def window_size(self, num_blocks: int) -> int:
+        if self.end_to_end:
+            return num_blocks
+        return window_size(num_blocks, self.noisy_blocks, self.neighbours)
+
+    def plan(self, num_blocks: int) -> list[Window]:
+        """The sampling windows, in order."""
+        if self.end_to_end:
+            return [end_to_end_window(num_blocks)]
+        return plan_segments(num_blocks, self.noisy_blocks, self.neighbours)
+
+    def sample(self, num_blocks: int, rng: np.random.Generator) -> Window:
+        """A training window: one of the sampling layouts at a uniformly random start."""
+        if self.end_to_end:
+            return end_to_end_window(num_blocks)
+        return sample_training_window(num_blocks, self.noisy_blocks, self.neighbours, rng)

@@ -1,0 +1,200 @@
+"""sample.py settings (the presets of sample.py and the library): `get_config(preset)`,
+preset one of
+
+  demo               (default) the bundled demo models, 128x64, 17 frames; about 13 s on
+                     2 CPU cores.
+  swifti2v_2k        the paper's setting with public weights: Stage I = Wan2.2-I2V-A14B with the
+                     Lightning 4-step LoRAs merged at conversion (640x352, 4 Euler steps,
+                     shift 5, no CFG, expert boundary 0.9); Stage II = Wan2.2-TI2V-5B in
+                     training-free `refine` mode at 2560x1408, 81 frames, CSG M=3, N=1.
+                     Needs --stage1_checkpoints (converted A14B) and --checkpoints (TI2V-5B).
+  swifti2v_2k_ti2v   as above but Stage I is TI2V-5B itself (one conversion, --checkpoints).
+  swifti2v_2k_concat as swifti2v_2k with a trained `concat` Stage II (--stage2 DIR).
+  swifti2v_2k_24gb   swifti2v_2k on one 24 GB GPU: int8 DiT weights, Stage I expert
+                     streamed layer by layer from host memory, plus umT5 on the host, expert
+                     swapping, Stage I release and tiled decode (README, "2K on one 24 GB
+                     GPU"; on one v5e chip the DiTs need <= 6.4 GB, the untiled 2K VAE
+                     encode 20.2 GB).
+
+Pick one with `--config=configs/sample.py:swifti2v_2k`; override any field with
+`--config.stage2.steps=30` and the like. Command-line flags such as --frames or --resolution
+override the matching fields here. The sections `stage1`, `stage2`, `memory` and the top-level
+sampler fields become sampling/config.PipelineConfig (`pipeline_config`); a field it does not
+know is an error, never silently ignored.
+"""
+
+import ml_collections
+
+from swifti2v_jax.presets import dispatch
+from swifti2v_jax.presets.dit import DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
+
+
+def _base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = "demo"
+    c.image = ""  # '' = the bundled example image
+    c.prompt = ""  # '' = the example prompt
+    c.negative_prompt = ""  # '' = Wan2.2's default negative prompt (when CFG is on)
+    c.output = "swifti2v.mp4"
+    c.summary = ""  # JSON summary path ('' = none)
+    c.seed = 0
+    c.frames = 17  # 4k + 1
+    c.resolution = "128x64"  # WIDTHxHEIGHT, or 'auto' (image aspect)
+    c.max_area = 128 * 64  # for resolution 'auto'
+    c.fps = 16.0
+
+    # Converted checkpoints (`python -m conversion` layout); see sampling/models.py
+    # resolve_model_paths. All empty = the demo models.
+    c.checkpoints = ml_collections.ConfigDict(
+        dict(
+            root="",  # Stage II root: dit/ (or stage2/), vae/, t5/, tokenizer/
+            stage1_root="",  # Stage I root (default: root): dit/ or high_noise/+low_noise/, vae/
+            stage1="",
+            stage1_vae="",
+            stage2="",
+            vae="",
+            t5="",
+            tokenizer="",
+        )
+    )
+
+    c.stage1 = ml_collections.ConfigDict(
+        dict(
+            backbone="ti2v",  # 'ti2v' (TI2V-5B i2v mode) or 'a14b' (I2V-A14B, two experts)
+            divisor=4,  # Stage I size = target / divisor per side
+            resolution="",  # explicit Stage I WIDTHxHEIGHT instead of the divisor
+            steps=4,
+            shift=5.0,
+            solver="euler",
+            schedule="euler",
+            guide_scale=1.0,  # CFG (high-noise expert for a14b); 1.0 = no CFG
+            guide_scale_low=-1.0,  # a14b low-noise expert; < 0 = same as guide_scale
+            boundary=0.9,  # a14b expert switch: t >= boundary * 1000 -> high-noise expert
+        )
+    )
+
+    c.stage2 = ml_collections.ConfigDict(
+        dict(
+            conditioning="concat",  # 'concat' (trained Stage II) or 'refine' (plain TI2V-5B)
+            noisy_blocks=3,  # M
+            neighbours=1,  # N
+            attention="bidirectional",  # or 'read_only' (the ablation)
+            end_to_end=False,  # one window over the whole clip (the baseline)
+            solver="unipc",
+            schedule="unipc",
+            steps=4,
+            shift=5.0,
+            guide_scale=1.0,
+            sigma_start=1.0,  # < 1: start from z_ref noised to this sigma (either conditioning)
+            neighbour_sigma=0.0,  # > 0: neighbours enter noised (models trained that way)
+        )
+    )
+
+    c.memory = ml_collections.ConfigDict(
+        dict(
+            text_encoder_on_host=True,  # umT5 on the host CPU (the official --t5_cpu)
+            release_stage1=True,  # free Stage I weights before Stage II
+            swap_stage1_experts=True,  # a14b: one expert on the device at a time
+            decode_tile_size=0,  # Stage II decode in latent tiles of this size (0 = off)
+            decode_tile_overlap=2,
+            # DiT block kernels: 'native' (as converted), 'int8' or 'fp8' (quantized at load)
+            dit_weights="native",
+            # block kernels in host memory, one layer on the device at a time:
+            # 'off', 'stage1', 'stage2' or 'both'
+            stream_layers="off",
+        )
+    )
+    c.attention_backend = ""  # '' = as converted; 'xla', 'cudnn' (GPU) or 'splash' (TPU)
+    c.text_cache_dir = ""  # '' = <cache>/text; 'none' = no prompt cache
+    c.text_len = 512  # prompt rows fed to the DiTs: the length the models were trained with
+    # Persistent XLA compilation cache: a second run with the same shapes skips compiling.
+    c.compilation_cache_dir = ""  # '' = <cache>/jax-compilation-cache; 'none' = off
+    c.progress = True
+    return c
+
+
+def demo() -> ml_collections.ConfigDict:
+    """Settings for the demo models (configs/demo/*.py, swifti2v_jax/demo/weights): Stage I
+    samples 32x16 motion, Stage II runs CSG windows of anchor + 1 neighbour + 1 noisy block,
+    as configs/demo/stage2*.py train it. No CFG: the demo models
+    train on captions embedded by a random text encoder."""
+    c = _base()
+    c.text_len = DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
+    c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0)
+    # One Euler step from z_ref noised to 0.7: the model's x0 prediction, the estimate
+    # closest to the truth in PSNR (more steps draw sharper but less faithful samples).
+    # Neighbours enter noised to 0.6. Chosen on validation clips (README "Demo models").
+    # data/rollout.py samples the training clips with this preset for configs/demo/
+    # stage2_rollout.py: changing it changes what a reproduction trains on.
+    c.stage2.update(
+        noisy_blocks=1, neighbours=1, solver="euler", schedule="euler", steps=1, shift=1.0,
+        guide_scale=1.0, sigma_start=0.7, neighbour_sigma=0.6,
+    )  # fmt: skip
+    return c
+
+
+def swifti2v_2k() -> ml_collections.ConfigDict:
+    c = _base()
+    c.preset = "swifti2v_2k"
+    c.frames = 81
+    c.resolution = "2560x1408"
+    c.max_area = 2560 * 1408
+    c.fps = 16.0  # the motion comes from the A14B Stage I (16 fps)
+    c.stage1.update(
+        backbone="a14b",
+        steps=4,
+        shift=5.0,
+        solver="euler",
+        schedule="euler",
+        guide_scale=1.0,
+        guide_scale_low=-1.0,
+        boundary=0.9,
+    )
+    c.stage2.update(
+        conditioning="refine",
+        solver="unipc",
+        schedule="unipc",
+        steps=20,
+        shift=5.0,
+        guide_scale=5.0,
+        sigma_start=0.7,
+    )
+    c.memory.decode_tile_size = 44  # 704-pixel tiles at 2K
+    c.memory.decode_tile_overlap = 4
+    return c
+
+
+def swifti2v_2k_ti2v() -> ml_collections.ConfigDict:
+    c = swifti2v_2k()
+    c.preset = "swifti2v_2k_ti2v"
+    c.fps = 24.0
+    c.stage1.update(backbone="ti2v", steps=20, solver="unipc", schedule="unipc", guide_scale=5.0)
+    return c
+
+
+def swifti2v_2k_concat() -> ml_collections.ConfigDict:
+    c = swifti2v_2k()
+    c.preset = "swifti2v_2k_concat"
+    c.stage2.update(conditioning="concat", sigma_start=1.0, steps=20, guide_scale=5.0)
+    return c
+
+
+def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
+    c = swifti2v_2k()
+    c.preset = "swifti2v_2k_24gb"
+    c.memory.update(
+        text_encoder_on_host=True, release_stage1=True, swap_stage1_experts=True,
+        dit_weights="int8", stream_layers="stage1",
+    )  # fmt: skip
+    return c
+
+
+PRESETS = {
+    "demo": demo,
+    "swifti2v_2k": swifti2v_2k,
+    "swifti2v_2k_ti2v": swifti2v_2k_ti2v,
+    "swifti2v_2k_concat": swifti2v_2k_concat,
+    "swifti2v_2k_24gb": swifti2v_2k_24gb,
+}
+DEFAULT = "demo"
+get_config = dispatch(PRESETS, DEFAULT, "sample")

@@ -1,0 +1,104 @@
+"""The sampler settings as dataclasses: one field per knob, built from a config by one converter.
+
+`pipeline_config(config)` reads the ml_collections config of presets/sample.py (what
+configs/sample.py returns): every PipelineConfig field is taken from the top level of the
+config, the nested sections (`stage1`, `stage2`, `memory`) go through
+`config_fields.from_fields`, which coerces by annotation and rejects unknown names. Other
+top-level fields (image, prompt, output, ...) belong to sample.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+from swifti2v_jax import config_fields
+from swifti2v_jax.models import quant
+from swifti2v_jax.sampling import stage1
+from swifti2v_jax.sampling.stage2 import CSGConfig
+
+STREAM_CHOICES = ("off", "stage1", "stage2", "both")
+
+
+class PipelineError(ValueError):
+    """A user-fixable problem: a missing or incompatible checkpoint, a bad size or length."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryOptions:
+    """One-GPU memory options (the loader policy, sampling/residency.py, applies them).
+
+    text_encoder_on_host: run umT5 on the host CPU (the official --t5_cpu).
+    release_stage1: free the Stage I DiT(s) and VAE before Stage II.
+    swap_stage1_experts: I2V-A14B with one expert on the device at a time (load the
+      high-noise expert, run its steps, free it, then the low-noise one), like the official
+      offloading; otherwise both stay resident and run in one program.
+    decode_tile_size: Stage II decode in spatial tiles of this many latent pixels (0: off).
+    decode_tile_overlap: overlap of neighbouring tiles in latent pixels.
+    dit_weights: 'native' (as converted), or 'int8' / 'fp8': the DiT blocks' kernels
+      quantized at load (models/quant.py; a checkpoint converted with --quantize loads as is).
+    stream_layers: which DiTs keep their block kernels in host memory and copy one layer per
+      scan step to the device (models/streaming.py): 'off', 'stage1', 'stage2' or 'both'.
+    """
+
+    text_encoder_on_host: bool = True
+    release_stage1: bool = True
+    swap_stage1_experts: bool = True
+    decode_tile_size: int = 0
+    decode_tile_overlap: int = 2
+    dit_weights: str = "native"
+    stream_layers: str = "off"
+
+    def __post_init__(self):
+        if self.dit_weights not in quant.WEIGHT_FORMATS:
+            raise PipelineError(
+                f"memory.dit_weights must be one of {quant.WEIGHT_FORMATS}, got "
+                f"{self.dit_weights!r}"
+            )
+        if self.stream_layers not in STREAM_CHOICES:
+            raise PipelineError(
+                f"memory.stream_layers must be one of {STREAM_CHOICES}, got {self.stream_layers!r}"
+            )
+        if self.decode_tile_size < 0:
+            raise PipelineError(f"decode_tile_size must be >= 0, got {self.decode_tile_size}")
+        if self.decode_tile_size and not 0 <= self.decode_tile_overlap < self.decode_tile_size:
+            raise PipelineError(
+                f"decode_tile_overlap must be in [0, decode_tile_size), got "
+                f"{self.decode_tile_overlap} for tile size {self.decode_tile_size}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    stage1: stage1.Stage1Config = stage1.Stage1Config()
+    stage2: CSGConfig = CSGConfig()
+    memory: MemoryOptions = MemoryOptions()
+    attention_backend: str | None = None  # overrides the checkpoints' DiT attention backend
+    text_cache_dir: Path | None = None  # on-disk prompt embedding cache (None: off)
+    # Prompt rows fed to the DiTs (zero rows past the prompt): Wan2.2 is trained with 512;
+    # a model must be sampled with the length it was trained with.
+    text_len: int = 512
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.text_len < 1:
+            raise PipelineError(f"text_len must be >= 1, got {self.text_len}")
+
+    @property
+    def needs_negative_prompt(self) -> bool:
+        return self.stage1.uses_cfg or self.stage2.guide_scale != 1.0
+
+
+def pipeline_config(config: Mapping) -> PipelineConfig:
+    """PipelineConfig from a sample config (presets/sample.py); PipelineError if invalid."""
+    fields = config_fields.as_dict(config)
+    wanted = {
+        f.name: fields[f.name] for f in dataclasses.fields(PipelineConfig) if f.name in fields
+    }
+    try:
+        return config_fields.from_fields(PipelineConfig, wanted, "config")
+    except PipelineError:
+        raise
+    except ValueError as e:
+        raise PipelineError(f"invalid sampler setting: {e}") from None

@@ -1,0 +1,157 @@
+"""Which model is resident when: the loader and memory policy behind the orchestrator.
+
+The orchestrator (sampling/orchestrator.py) asks a model source for each model when its stage
+starts and tells it when a stage is over; the source decides what that costs:
+
+- `ResidentModels`: everything already in memory (tests, evaluation, rollout); nothing is
+  loaded or released.
+- `CheckpointModels`: loads each model from its converted checkpoint when first asked and, by
+  the MemoryOptions, frees it when its stage ends: the text encoder can run on the host CPU,
+  the two I2V-A14B experts can take turns on the device, Stage I is released before Stage II.
+  Checkpoints shared by both stages (the TI2V-5B DiT or VAE) are loaded once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from swifti2v_jax import checkpoints
+from swifti2v_jax.models import streaming
+from swifti2v_jax.sampling.clock import StageClock
+from swifti2v_jax.sampling.config import PipelineConfig
+from swifti2v_jax.sampling.models import ModelPaths
+
+
+def release(tree) -> None:
+    """Frees the device buffers of a parameter tree now (not whenever GC gets to them)."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+            leaf.delete()
+
+
+def load(path: Path, kind: str, dit_weights: str = "native", stream: bool = False):
+    """A checkpoint on the device; a DiT quantized to `dit_weights` and, with `stream`, its
+    block kernels in host memory (models/streaming.py)."""
+    _, params = checkpoints.load(path, kind, quantize=dit_weights)
+    return streaming.place(params) if stream else jax.device_put(params)
+
+
+@dataclasses.dataclass
+class ResidentModels:
+    """Models already in memory. stage1_dits: (dit,) for TI2V or (high_noise, low_noise);
+    text_encoder: a callable prompt -> [L, d] with `.negative(prompt)` (text.PromptEncoder)."""
+
+    stage1_dits: Sequence[Any]
+    stage1_vae: Any
+    stage2_dit: Any
+    vae: Any
+    text_encoder: Any = None
+
+    swaps_experts = False
+
+    def get_text_encoder(self):
+        return self.text_encoder
+
+    def done_text(self, encoder) -> None:
+        pass
+
+    def get_stage1_vae(self):
+        return self.stage1_vae
+
+    def get_stage1_dits(self) -> Sequence[Any]:
+        return self.stage1_dits
+
+    def expert_loaders(self) -> tuple[Callable[[], Any], ...]:
+        return tuple(lambda p=p: p for p in self.stage1_dits)
+
+    def release_expert(self, params) -> None:
+        pass
+
+    def done_stage1(self) -> None:
+        pass
+
+    def get_vae(self):
+        return self.vae
+
+    def get_stage2_dit(self):
+        return self.stage2_dit
+
+
+class CheckpointModels:
+    """Loads from converted checkpoints when a stage starts and frees by the memory options."""
+
+    def __init__(self, paths: ModelPaths, config: PipelineConfig, clock: StageClock):
+        self.paths, self.config, self.clock = paths, config, clock
+        self.swaps_experts = config.stage1.backbone == "a14b" and config.memory.swap_stage1_experts
+        self._stage1_vae = None
+        self._stage1_dits: list = []
+        self._stage2_dit = None
+
+    def _load(self, path: Path, kind: str, stage: str | None = None):
+        memory = self.config.memory
+        weights = memory.dit_weights if kind == "dit" else "native"
+        stream = kind == "dit" and memory.stream_layers in (stage, "both")
+        with self.clock("load"):
+            return load(path, kind, weights, stream)
+
+    def get_text_encoder(self):
+        from swifti2v_jax.text import PromptEncoder
+
+        with self.clock("load"):
+            return PromptEncoder.from_checkpoint(
+                self.paths.t5,
+                self.paths.tokenizer,
+                cache_dir=self.config.text_cache_dir,
+                text_len=self.config.text_len,
+                device="cpu" if self.config.memory.text_encoder_on_host else None,
+            )
+
+    def done_text(self, encoder) -> None:
+        release(encoder.params)  # the text encoder is not needed again
+
+    def get_stage1_vae(self):
+        self._stage1_vae = self._load(self.paths.stage1_vae, "vae")
+        return self._stage1_vae
+
+    def get_stage1_dits(self) -> list:
+        """Every Stage I DiT, resident together (empty when the experts take turns)."""
+        if not self.swaps_experts:
+            self._stage1_dits = [self._load(p, "dit", "stage1") for p in self.paths.stage1]
+        return self._stage1_dits
+
+    def expert_loaders(self) -> tuple[Callable[[], Any], ...]:
+        return tuple(lambda p=p: self._load(p, "dit", "stage1") for p in self.paths.stage1)
+
+    def release_expert(self, params) -> None:
+        release(params)
+
+    def done_stage1(self) -> None:
+        """Keeps what Stage II reuses (same checkpoint); frees the rest if release_stage1."""
+        paths = self.paths
+        same_layout = self.config.memory.stream_layers in ("off", "both")
+        if paths.stage2 in paths.stage1 and self._stage1_dits and same_layout:
+            self._stage2_dit = self._stage1_dits[paths.stage1.index(paths.stage2)]
+        if self.config.memory.release_stage1:
+            for params in self._stage1_dits:
+                if params is not self._stage2_dit:
+                    release(params)
+            if paths.stage1_vae != paths.vae:
+                release(self._stage1_vae)
+        self._stage1_dits = []
+
+    def get_vae(self):
+        if self.paths.vae == self.paths.stage1_vae:  # shared with TI2V-5B: loaded once
+            vae, self._stage1_vae = self._stage1_vae, None
+            return vae
+        return self._load(self.paths.vae, "vae")
+
+    def get_stage2_dit(self):
+        params, self._stage2_dit = self._stage2_dit, None
+        if params is None:
+            params = self._load(self.paths.stage2, "dit", "stage2")
+        return params
