@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +105,15 @@ def test_chunk_settings_are_checked():
         stage1.Stage1Config(chunk_latents=-1)
     with pytest.raises(ValueError, match="ti2v"):
         stage1.Stage1Config(backbone="a14b", chunk_latents=21)
+
+
+def test_long_video_report_from_stored_results(tmp_path):
+    from benchmarks import long_video
+
+    assert long_video.r_squared([1, 2, 3, 4], [3, 5, 7, 9]) == pytest.approx(1.0)
+    assert long_video.r_squared([1, 2, 3, 4], [1, 4, 9, 30]) < 0.9
+    stored = json.loads(Path("benchmarks/results/long_video/results.json").read_text())
+    text = long_video.markdown(stored)
+    assert "| 1001 |" in text and "ratio (target <= 1.5)" in text
+    long_video.plot(stored, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
