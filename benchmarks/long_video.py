@@ -7,7 +7,7 @@
    and Stage II compile counts, total time (R^2 of a line in F) and time to the first frame
    handed to the mp4 writer.
 2. Seam jump: the demo Stage I on held-out procedural first frames (seeds far from the
-   training clips'), chunked with 1 and with several overlap frames; the mean absolute
+   training clips'), chunked with 1, 4 and 8 overlap frames; the mean absolute
    frame-to-frame change of the decoded low-res video at the first new frame of each chunk
    (a seam) vs at every other frame (inside chunks). The demo VAE has no temporal stride, so
    latent frame i is video frame i.
@@ -39,7 +39,7 @@ from swifti2v_jax.sampling.config import pipeline_config
 
 FRAMES = (81, 161, 321, 1001)
 HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004)
-OVERLAPS = (1, 4)
+OVERLAPS = (1, 4, 8)
 SEAM_LATENTS = 65  # clip length for the seam measurement (4 chunks of 17 at overlap 1)
 
 
