@@ -320,7 +320,9 @@ def test_size_plan(ti2v_root):
 
 def test_generate_streams_the_decoded_latents(ti2v_root):
     config = _pipeline_config(noisy_blocks=1, neighbours=1, steps=2)
-    config = dataclasses.replace(config, progress=False)
+    # Stage I in chunks of 3 latent frames (13 frames are 4 latents): 2 chunks.
+    chunked = dataclasses.replace(config.stage1, chunk_latents=3, overlap=1)
+    config = dataclasses.replace(config, progress=False, stage1=chunked)
     paths = pipeline_lib.resolve_model_paths({"root": str(ti2v_root)}, "ti2v")
     pipeline = pipeline_lib.SwiftI2VPipeline(config, paths)
     # 32x32 (Stage I rounds 8x8 up to 32x32): the VAE programs compiled for the reference
@@ -339,6 +341,8 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
     assert np.abs(decoded.astype(int) - streamed.astype(int)).max() <= 1
     summary = result.summary
     assert summary["stage2_compilations"] == 1 and summary["segments"] == 2
+    assert summary["stage1_chunks"] == 2 and summary["stage1_compilations"] <= 1
+    assert 0 < summary["first_frame_seconds"] <= summary["seconds"]["total"]
     assert summary["stage2_tokens_per_forward"] == 3 * 1 * 1
     assert (summary["frames"], summary["height"], summary["width"]) == (13, 32, 32)
     assert set(summary["seconds"]) == {

@@ -70,6 +70,11 @@ def _base() -> ml_collections.ConfigDict:
             guide_scale=1.0,  # CFG (high-noise expert for a14b); 1.0 = no CFG
             guide_scale_low=-1.0,  # a14b low-noise expert; < 0 = same as guide_scale
             boundary=0.9,  # a14b expert switch: t >= boundary * 1000 -> high-noise expert
+            # Long clips (ti2v): Stage I in chunks of this many latent frames (0 = one pass;
+            # 21 latents = 81 frames, Wan2.2's training length), each continuing from the
+            # previous chunk's last `overlap` latent frames held clean.
+            chunk_latents=0,
+            overlap=1,
         )
     )
 
@@ -120,7 +125,9 @@ def demo() -> ml_collections.ConfigDict:
     train on captions embedded by a random text encoder."""
     c = _base()
     c.text_len = DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
-    c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0)
+    # Chunks of 17 latents = 17 frames (the demo VAE has no temporal stride), the length the
+    # demo Stage I is trained on.
+    c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0, chunk_latents=17)
     # One Euler step from z_ref noised to 0.7: the model's x0 prediction, the estimate
     # closest to the truth in PSNR (more steps draw sharper but less faithful samples).
     # Neighbours enter noised to 0.6. Chosen on validation clips (README "Demo models").
@@ -168,7 +175,10 @@ def swifti2v_2k_ti2v() -> ml_collections.ConfigDict:
     c = swifti2v_2k()
     c.preset = "swifti2v_2k_ti2v"
     c.fps = 24.0
-    c.stage1.update(backbone="ti2v", steps=20, solver="unipc", schedule="unipc", guide_scale=5.0)
+    c.stage1.update(
+        backbone="ti2v", steps=20, solver="unipc", schedule="unipc", guide_scale=5.0,
+        chunk_latents=21,
+    )  # fmt: skip
     return c
 
 

@@ -153,6 +153,7 @@ def run(
     def count(name: str, timestep: float) -> None:
         expert_forwards[name] = expert_forwards.get(name, 0) + 1
 
+    traces_before = stage1.TRACES["ti2v"]
     with clock("stage1"):
         video_low = stage1_video(
             models,
@@ -183,9 +184,17 @@ def run(
     stages.set_postfix_str(f"Stage II {plan.width}x{plan.height}")
     params = models.get_stage2_dit()
     denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
+    first_frame: list[float] = []
+
+    def timed_sink(frames) -> None:
+        if not first_frame:
+            first_frame.append(time.perf_counter() - start)
+        if sink is not None:
+            sink(frames)
+
     latents = _stage2_streaming(
         denoiser, params, vae_params, specs, config, plan, z_ref, anchor, context, uncond,
-        key_stage2, sink, clock,
+        key_stage2, timed_sink, clock,
     )  # fmt: skip
     stages.update()
     stages.close()
@@ -198,6 +207,16 @@ def run(
         peak_memory_bytes=memory,
         peak_memory_source=memory_source,
         stage2_compilations=denoiser.traces,
+        # TI2V Stage I programs traced in this run (0 when already compiled in this process).
+        stage1_compilations=stage1.TRACES["ti2v"] - traces_before,
+        stage1_chunks=len(
+            stage1.chunk_plan(
+                vae_lib.num_latent_frames(specs.stage1_vae, plan.frames),
+                config.stage1.chunk_latents,
+                config.stage1.overlap,
+            )
+        ),
+        first_frame_seconds=round(first_frame[0], 3) if first_frame else None,
         stage2_tokens_per_forward=plan.tokens_per_forward,
         stage2_window_blocks=plan.windows[0].size,
         segments=plan.segments,

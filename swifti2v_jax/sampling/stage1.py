@@ -53,6 +53,10 @@ class Stage1Config:
     boundary: float = 0.9
     divisor: int = 4
     resolution: str = ""  # '' = target / divisor
+    # Long clips (TI2V): Stage I in chunks of this many latent frames (0 = one pass), each
+    # chunk after the first continuing from the previous chunk's last `overlap` latent frames.
+    chunk_latents: int = 0
+    overlap: int = 1
 
     def __post_init__(self):
         if self.guide_scale_low is not None and self.guide_scale_low < 0:
@@ -64,6 +68,15 @@ class Stage1Config:
             raise ValueError(f"Stage I backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.steps < 1:
             raise ValueError(f"Stage I steps must be >= 1, got {self.steps}")
+        if self.chunk_latents and not 1 <= self.overlap < self.chunk_latents:
+            raise ValueError(
+                f"stage1.overlap must be in [1, chunk_latents={self.chunk_latents}), "
+                f"got {self.overlap}"
+            )
+        if self.chunk_latents < 0 or (self.chunk_latents and self.chunk_latents < 2):
+            raise ValueError(f"stage1.chunk_latents must be 0 or >= 2, got {self.chunk_latents}")
+        if self.chunk_latents and self.backbone != "ti2v":
+            raise ValueError("stage1.chunk_latents (chunked Stage I) needs the ti2v backbone")
         solvers.make_solver(self.solver)
         schedules.make_schedule(self.schedule, self.steps, self.shift)  # validates grid/shift
         self.guidance()
@@ -104,18 +117,24 @@ def initial_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 # TI2V-5B image-to-video
 
 
+TRACES = {"ti2v": 0}  # how often the TI2V program was traced (= compiled), for tests/summaries
+
+
 @functools.cache
 def _ti2v_program(model_config: DiTConfig, config: Stage1Config):
+    """num_known (how many leading frames are given, held clean) is traced: chunk 0 (the
+    image) and every later chunk (`overlap` frames) of a clip run one compiled program."""
     model = WanDiT(model_config)
     solver = solvers.make_solver(config.solver)
     guidance = config.guidance()
 
-    def run(params, x_init, context, uncond, sigmas, timesteps):
+    def run(params, x_init, num_known, context, uncond, sigmas, timesteps):
+        TRACES["ti2v"] += 1
         batch, frames = x_init.shape[:2]
-        is_image = jnp.arange(frames) == 0
+        is_image = jnp.arange(frames) < num_known
 
         def model_fn(p, x, timestep, text):
-            per_frame = jnp.where(is_image, 0.0, timestep)  # timestep 0 on the image frame
+            per_frame = jnp.where(is_image, 0.0, timestep)  # timestep 0 on the known frames
             per_frame = jnp.broadcast_to(per_frame, (batch, frames))
             return model.apply({"params": p}, x, per_frame, text).astype(jnp.float32)
 
@@ -126,7 +145,7 @@ def _ti2v_program(model_config: DiTConfig, config: Stage1Config):
             uncond_context=uncond if config.uses_cfg else None,
             guidance=guidance,
         )
-        # Frame 0 keeps its x_init value (the clean image latent) bit for bit at every step.
+        # Known frames keep their x_init values (clean latents) bit for bit at every step.
         update_mask = ~is_image[None, :, None, None, None]
         return solvers.sample_loop(
             solver, velocity_fn, x_init, sigmas, timesteps, update_mask=update_mask
@@ -162,13 +181,82 @@ def ti2v_image_to_video(
         )
     if num_latent_frames < 2:
         raise ValueError(f"need at least 2 latent frames, got {num_latent_frames}")
+    chunks = ti2v_chunks(
+        params, model_config, config, image_latent=image_latent,
+        num_latent_frames=num_latent_frames, context=context, uncond_context=uncond_context,
+        key=key,
+    )  # fmt: skip
+    return assemble(list(chunks))
+
+
+def assemble(chunks) -> jax.Array:
+    """The clip's latents from its chunks: chunk 0 whole, then each chunk's new frames."""
+    parts = [chunks[0].latents, *(chunk.new for chunk in chunks[1:])]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One Stage I chunk: latents [B, L, h, w, C] over clip latent frames [start, start + L);
+    the first `known` of them were given (held clean), `new` are the frames it adds."""
+
+    index: int
+    start: int
+    known: int
+    latents: jax.Array
+
+    @property
+    def new(self) -> jax.Array:
+        return self.latents[:, self.known :]
+
+
+def chunk_plan(num_latent_frames: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, known) of each chunk of `chunk` latent frames covering the clip.
+
+    chunk 0 starts at 0 with 1 known frame (the image); each next chunk starts `overlap`
+    frames before the previous one ends. The last chunk may run past the clip (its surplus
+    frames are dropped), so every chunk has the same length. chunk 0 or >= the clip: one pass.
+    """
+    if not chunk or chunk >= num_latent_frames:
+        return [(0, 1)]
+    plan, end = [(0, 1)], chunk
+    while end < num_latent_frames:
+        plan.append((end - overlap, overlap))
+        end += chunk - overlap
+    return plan
+
+
+def ti2v_chunks(
+    params, model_config: DiTConfig, config: Stage1Config, *, image_latent: jax.Array,
+    num_latent_frames: int, context: jax.Array, uncond_context: jax.Array | None = None,
+    key: jax.Array,
+):  # fmt: skip
+    """TI2V Stage I chunk by chunk (a generator of `Chunk`s; see `chunk_plan`).
+
+    Latent continuation: chunk k's known frames are the previous chunk's last latents, at
+    timestep 0 with per-frame timesteps exactly as the image frame is in chunk 0. Only the
+    previous chunk is held, so memory does not grow with the clip. Chunk 0 with the whole
+    clip is exactly the single pass.
+    """
     uncond = _uncond(config, context, uncond_context)
     batch, _, h, w, c = image_latent.shape
-    noise = initial_noise(key, (batch, num_latent_frames, h, w, c))
-    x_init = noise.at[:, :1].set(image_latent.astype(jnp.float32))
+    plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
+    length = num_latent_frames if len(plan) == 1 else config.chunk_latents
     sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
-    program = _ti2v_program(model_config, config)
-    return program(params, x_init, context, uncond, sigmas, timesteps)
+    previous = None
+    for index, (start, num_known) in enumerate(plan):
+        if previous is None:
+            known = image_latent.astype(jnp.float32)
+        else:  # the previous chunk's last `overlap` latents
+            known = previous.latents[:, start - previous.start :]
+        chunk_key = key if index == 0 else jax.random.fold_in(key, index)
+        noise = initial_noise(chunk_key, (batch, length, h, w, c))
+        x_init = noise.at[:, :num_known].set(known)
+        program = _ti2v_program(model_config, config)
+        latents = program(params, x_init, jnp.int32(num_known), context, uncond, sigmas, timesteps)
+        previous = Chunk(index=index, start=start, known=num_known, latents=latents)
+        # The clip's part of the chunk (the last chunk may run past the clip's end).
+        yield dataclasses.replace(previous, latents=latents[:, : num_latent_frames - start])
 
 
 # --------------------------------------------------------------------------------------------
