@@ -27,7 +27,7 @@ import jax
 
 from benchmarks import common
 from benchmarks.common import DiTProgram
-from benchmarks.gpu_time import ClipSettings, latent_frames
+from benchmarks.gpu_time_costs import ClipSettings, latent_frames
 from configs import dit as dit_presets
 from swifti2v_jax.models import quant
 from swifti2v_jax.models.dit import DiTConfig
