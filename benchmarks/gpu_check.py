@@ -10,7 +10,7 @@ Each forward: median seconds (round-robin after warm-up), device peak memory, mo
 utilisation = analytic matmul FLOPs / seconds / the GPU's dense bf16 peak (table below; the
 measured best square bf16 matmul is reported beside it). Per clip: end-to-end 5B (50 steps x
 CFG) over SwiftI2V (Stage I 4 steps + CSG segments x 8 steps x CFG), DiT time only, from the
-measured times (benchmarks/gpu_time.py ClipSettings). Attention: cudnn on GPU.
+measured times (benchmarks/gpu_time_costs.py ClipSettings). Attention: cudnn on GPU.
 
 --dry-run: the same steps on the current backend with a tiny model and tiny grids (seconds on
 a CPU), so CI proves the script end to end. Results: OUT/results.json and OUT/results.md.
