@@ -48,6 +48,7 @@ def test_frame_taps_equal_a_3d_convolution_and_its_gradient(strides, padding):
         np.testing.assert_allclose(g_taps, g_direct, atol=5e-5)
 
 
+@pytest.mark.slow  # 71 s; run with -m slow when touching the demo VAE
 def test_traced_encode_decode_equal_the_chunked_programs():
     config = vae.as_config(vae_configs.get("tiny_wan22"))
     params = vae.init_params(config, jax.random.PRNGKey(0))
@@ -100,6 +101,7 @@ def test_vae_training_runs_resumes_and_exports_normalised_latents(tmp_path):
     np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow  # 25 s; the shared loop is covered by the VAE resume test
 def test_decoder_only_phase_keeps_the_encoder_and_its_latent_statistics(tmp_path):
     from swifti2v_jax.training import vae_training
 

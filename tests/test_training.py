@@ -459,6 +459,7 @@ def test_bad_configs_fail_early(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # 20 s; the LoRA merge is covered by test_lora_starts_at_the_backbone_*
 def test_stage1_lora_tiny_on_prepared_data(tmp_path):
     """configs/stage1_lora.py:tiny through the real loop (1 device, 4 steps) on ArrayRecord
     shards written by prepare.py (stand-in encoders, tiny videos): the whole path minus the
