@@ -20,7 +20,7 @@ from configs import dit as dit_presets
 from configs import stage2
 from configs import t5 as t5_presets
 from configs import vae as vae_presets
-from swifti2v_jax.models import dit, t5, vae
+from swifti2v_jax.models import dit, t5, vae, vae_chunks
 from swifti2v_jax.models.partitioning import DATA, FSDP
 from swifti2v_jax.training import experiment, optim, sharding
 from swifti2v_jax.training import state as state_lib
@@ -152,12 +152,12 @@ def vae_decode(target: str, tile: int = 0):
     h, w = (tile, tile) if tile else LATENT_2K
     latents = _struct((1, 1, h, w, config.z_dim), jnp.float32, replicated)
     params = _vae_params(config, mesh)
-    first = functools.partial(vae._decode_chunk_fn, config=config, first=True)
+    first = functools.partial(vae_chunks._decode_chunk_fn, config=config, first=True)
     cache = jax.eval_shape(lambda p, x: first(p, cache=None, latents=x)[1], params, latents)
     cache = jax.tree.map(lambda a: _struct(a.shape, a.dtype, replicated), cache)
 
     def step(p, c, x):
-        return vae._decode_chunk_fn(p, config, c, x, False)
+        return vae_chunks._decode_chunk_fn(p, config, c, x, False)
 
     about = {"latent_hw": [h, w], "tiled": bool(tile), "pixels_out": [4, h * 16, w * 16]}
     return jax.jit(step, donate_argnums=1), (params, cache, latents), about
@@ -173,14 +173,38 @@ def vae_encode(target: str):
     frames = _struct((1, 4, h, w, 3), jnp.float32, replicated)
     params = _vae_params(config, mesh)
     cache = jax.eval_shape(
-        lambda p, x: vae._encode_chunk_fn(p, config, None, x, True)[1], params, first_frame
+        lambda p, x: vae_chunks._encode_chunk_fn(p, config, None, x, True)[1], params, first_frame
     )
     cache = jax.tree.map(lambda a: _struct(a.shape, a.dtype, replicated), cache)
 
     def step(p, c, x):
-        return vae._encode_chunk_fn(p, config, c, x, False)
+        return vae_chunks._encode_chunk_fn(p, config, c, x, False)
 
     return jax.jit(step, donate_argnums=1), (params, cache, frames), {"pixels_in": [4, h, w]}
+
+
+def vae_encode_tiled(target: str, tile: int = 64, frames: int = 81):
+    """The tiled 2K encode as vae.encode(tile_size=tile) runs it, per tile: the scan over the
+    encoder chunks of one tile x tile latent tile (tile * 16 pixels) of the whole clip, with
+    the tile's video, its cache after chunk 0 and latent frame 0 as arguments. Chunk 0 (one
+    frame, the cache's creation) is a smaller program."""
+    config = vae.as_config(vae_presets.get_config("wan22"))
+    mesh = _one_chip(target)
+    replicated = NamedSharding(mesh, P())
+    pixels = tile * vae.spatial_factor(config)
+    first_frame = _struct((1, 1, pixels, pixels, 3), jnp.float32, replicated)
+    rest = _struct((1, frames - 1, pixels, pixels, 3), jnp.float32, replicated)
+    params = _vae_params(config, mesh)
+    first, cache = jax.eval_shape(
+        lambda p, x: vae_chunks._encode_chunk_fn(p, config, None, x, True), params, first_frame
+    )
+    first, cache = jax.tree.map(lambda a: _struct(a.shape, a.dtype, replicated), (first, cache))
+
+    def scan(p, c, latent0, video):
+        return vae_chunks._encode_rest(p, config, c, latent0, video)
+
+    about = {"latent_hw": [tile, tile], "tiled": True, "pixels_in": [frames, pixels, pixels]}
+    return jax.jit(scan, donate_argnums=1), (params, cache, first, rest), about
 
 
 def t5_encode(target: str):
@@ -206,5 +230,6 @@ PROGRAMS = {
     "vae_decode": vae_decode,
     "vae_decode_tiled": functools.partial(vae_decode, tile=44),
     "vae_encode": vae_encode,
+    "vae_encode_tiled": vae_encode_tiled,
     "t5": t5_encode,
 }

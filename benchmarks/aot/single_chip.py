@@ -28,11 +28,13 @@ from jax.sharding import PartitionSpec as P
 from benchmarks.aot import programs, tpu
 from configs import dit as dit_presets
 from swifti2v_jax.models import dit, quant, streaming
+from swifti2v_jax.presets import sample as sample_presets
 
 DEFAULT_OUT = Path("benchmarks/results/aot_24gb")
 # One chip: libtpu only builds topologies that divide its 2x2x1 host bounds, so a single chip
 # is one device of a 2x2 slice (programs._one_chip builds its 1-device mesh).
 TARGETS = {"v5e-1": "v5e-4", "v6e-1": "v6e-4"}
+PRESET = "swifti2v_2k_24gb"
 STAGE1_FRAMES, STAGE1_HW = 81, (352, 640)  # the preset's Stage I clip (2K / 4 per side)
 
 
@@ -87,11 +89,18 @@ def stage2_window(target: str, stream: bool = False):
     )
 
 
+def vae_encode_tiled(target: str):
+    """The preset's tiled 2K encode (memory.encode_tile_size), one tile's chunk scan."""
+    memory = sample_presets.get_config(PRESET).memory
+    return programs.vae_encode_tiled(target, memory.encode_tile_size, STAGE1_FRAMES)
+
+
 PROGRAMS = {
     "stage1_expert": stage1_expert,
     "stage1_expert_resident": lambda target: stage1_expert(target, stream=False),
     "stage2_window": stage2_window,
     "vae_decode_tiled": programs.PROGRAMS["vae_decode_tiled"],
+    "vae_encode_tiled": vae_encode_tiled,
     "vae_encode": programs.PROGRAMS["vae_encode"],
 }
 

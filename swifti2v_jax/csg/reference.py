@@ -9,8 +9,9 @@ latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1]. S
 data preparation and the demo data set all call `encode_hybrid_reference`, so a model is
 trained on exactly the references it is sampled with.
 
-`encode_hybrid_reference` never materialises the full-resolution video: it upsamples one
-encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE encoder.
+`encode_hybrid_reference` never materialises the full-resolution video on the device: it
+upsamples one encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE
+encoder (or, tiled, into a host-memory video that is encoded one spatial tile at a time).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from swifti2v_jax.models import vae as vae_lib
 
@@ -66,12 +68,16 @@ def encode_hybrid_reference(
     video_low: jax.Array,
     image: jax.Array,
     on_chunk: Callable[[int], None] | None = None,
+    tiles: tuple[int, int] | None = None,
 ) -> jax.Array:
     """z_ref = VAE-encode(hybrid_reference(video_low, image)), chunk by chunk.
 
     video_low: [B, F, h, w, 3] decoded Stage I video in [-1, 1], F = 4k + 1.
     image: [B, H, W, 3] input image at the target size in [-1, 1].
     on_chunk(latent_frames_done) is called after every encoder chunk (progress).
+    tiles: (tile_size, tile_overlap) in latent pixels: the hybrid reference is assembled in
+    host memory chunk by chunk and encoded tile by tile (models/vae_tiling.py), so the device
+    holds one tile's video and encoder state.
     """
     _check(video_low, image)
     config = vae_lib.as_config(vae_config)
@@ -80,6 +86,18 @@ def encode_hybrid_reference(
     if (frames - 1) % step:
         raise ValueError(f"video_low needs {step}k+1 frames, got {frames}")
     height, width = image.shape[1:3]
+    if tiles is not None:
+        video = np.empty((image.shape[0], frames, height, width, 3), np.float32)
+        video[:, 0] = np.asarray(image, np.float32)
+        for start in range(1, frames, step):
+            chunk = resize_frames(video_low[:, start : start + step], height, width)
+            video[:, start : start + step] = np.asarray(chunk)
+        latents = vae_lib.encode(
+            vae_params, config, video, tile_size=tiles[0], tile_overlap=tiles[1]
+        )
+        if on_chunk is not None:
+            on_chunk(latents.shape[1])
+        return latents
     encoder = vae_lib.StreamingEncoder(vae_params, config)
     latents = [encoder.push(image[:, None].astype(jnp.float32))]
     if on_chunk is not None:
@@ -93,8 +111,13 @@ def encode_hybrid_reference(
     return jnp.concatenate(latents, axis=1)
 
 
-def encode_anchor(vae_params, vae_config, image: jax.Array) -> jax.Array:
-    """The anchor z_x: the VAE latent of the input image alone -> [B, 1, h, w, C]."""
+def encode_anchor(vae_params, vae_config, image: jax.Array, tiles=None) -> jax.Array:
+    """The anchor z_x: the VAE latent of the input image alone -> [B, 1, h, w, C].
+    tiles: None or (tile_size, tile_overlap), as in `encode_hybrid_reference`."""
     if image.ndim != 4 or image.shape[-1] != 3:
         raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
-    return vae_lib.encode(vae_params, vae_config, image[:, None].astype(jnp.float32))
+    tile_size, tile_overlap = tiles if tiles is not None else (None, 4)
+    return vae_lib.encode(
+        vae_params, vae_config, image[:, None].astype(jnp.float32), tile_size=tile_size,
+        tile_overlap=tile_overlap,
+    )  # fmt: skip

@@ -12,11 +12,11 @@ This module is the public face; the work is split by job:
     vae_blocks.py     building blocks (causal convs, resampling, attention)
     vae_model.py      the Flax modules and parameter init
     vae_chunks.py     compiled chunk programs, whole-video encode / decode
-    vae_tiling.py     spatially tiled decode
+    vae_tiling.py     spatially tiled encode / decode
     vae_streaming.py  StreamingEncoder / StreamingDecoder
 
 Public entry points (params = the plain parameter tree, config = `VAEConfig` or a mapping):
-    encode(params, config, video) -> latents
+    encode(params, config, video, tile_size=None, tile_overlap=4) -> latents
     decode(params, config, latents, tile_size=None, tile_overlap=2) -> video
     encode_chunk / decode_chunk (one step with a carried cache), StreamingEncoder,
     StreamingDecoder (feed any grouping of latent frames, get the same pixels as `decode`).
@@ -29,7 +29,6 @@ from swifti2v_jax.models.vae_chunks import (  # noqa: F401  (benchmarks/tests us
     _encode_step,
     decode_chunk,
     decode_frames,
-    encode,
     encode_chunk,
     encode_frames,
 )
@@ -54,6 +53,7 @@ from swifti2v_jax.models.vae_tiling import (  # noqa: F401
     _place,
     _tile_arrays,
     decode,
+    encode,
     make_tiling,
 )
 

@@ -17,7 +17,7 @@ from swifti2v_jax.models.vae_config import (
     spatial_factor,
     temporal_factor,
 )
-from swifti2v_jax.models.vae_tiling import _tile_arrays, make_tiling
+from swifti2v_jax.models.vae_tiling import _add_tile, _tile_arrays, make_tiling
 
 # ---------------------------------------------------------------------------------------------
 # Streaming
@@ -27,14 +27,6 @@ from swifti2v_jax.models.vae_tiling import _tile_arrays, make_tiling
 def _take_tile(latent, y, x, height, width):
     b, t, _, _, z = latent.shape
     return lax.dynamic_slice(latent, (0, 0, y, x, 0), (b, t, height, width, z))
-
-
-@jax.jit
-def _add_tile(out, pixels, weight, y, x):
-    """out += pixels * weight at pixel offset (y, x) (dynamic offsets: one program)."""
-    start = (0, 0, y, x, 0)
-    region = lax.dynamic_slice(out, start, pixels.shape)
-    return lax.dynamic_update_slice(out, region + pixels * weight[None, None, :, :, None], start)
 
 
 class StreamingDecoder:

@@ -1,4 +1,9 @@
-"""Spatially tiled decode: overlapping latent tiles decoded one by one, blended with ramps."""
+"""Spatially tiled encode / decode: overlapping tiles run one by one, blended with ramps.
+
+The tile layout (`make_tiling`) and the blend (`_tile_arrays`, `_add_tile`) are the one rule
+for both directions and for the streaming decoder: tiles are given in latent pixels, ramps
+blend the overlaps in the output space (pixels for decode, latent pixels for encode).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from swifti2v_jax.models import vae_chunks
 from swifti2v_jax.models.vae_chunks import _decode_frames, _decode_rest_program, _decode_step
 from swifti2v_jax.models.vae_config import (
     VAEConfig,
+    _check_frame_count,
     _check_latents,
+    _check_video,
     as_config,
     num_pixel_frames,
     spatial_factor,
@@ -107,6 +115,14 @@ def _place(out, pixels, origin, scale):
     return lax.dynamic_update_slice(out, region + pixels, start)
 
 
+@jax.jit
+def _add_tile(out, values, weight, y, x):
+    """out += values * weight at offset (y, x) (dynamic offsets: one program for all tiles)."""
+    start = (0, 0, y, x, 0)
+    region = lax.dynamic_slice(out, start, values.shape)
+    return lax.dynamic_update_slice(out, region + values * weight[None, None, :, :, None], start)
+
+
 def _decode_tiled(params, config: VAEConfig, latents, tiling: Tiling):
     """Tile by tile over the whole video: one tile's decoder state in memory at a time."""
     s = spatial_factor(config)
@@ -144,3 +160,45 @@ def decode(params, config, latents, *, tile_size=None, tile_overlap: int = 2):
     if latents.shape[1] == 1:
         return first
     return _decode_rest_program(params, config, cache, first, latents[:, 1:])[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatial tiling (encode): pixel tiles of the whole video encoded one after the other (each
+# with the ordinary chunked encode), latent tiles blended with ramps. Only one tile's video
+# and encoder cache are on the device at a time; `video` may be a host (numpy) array. The
+# encoder's middle attention is global per frame, so a tile sees less context than the whole
+# frame: a close approximation, exact when one tile covers the frame.
+
+
+def _encode_tiled(params, config: VAEConfig, video, tiling: Tiling):
+    s = spatial_factor(config)
+    origins, weights, total = _tile_arrays(tiling, 1)
+    out = None
+    for (y, x), weight in zip(origins.tolist(), weights):
+        pixels = video[:, :, y * s : (y + tiling.tile_h) * s, x * s : (x + tiling.tile_w) * s]
+        latents = vae_chunks.encode(params, config, pixels)
+        if out is None:
+            b, t, _, _, z = latents.shape
+            h, w = total.shape
+            out = jnp.zeros((b, t, h, w, z), jnp.float32)
+        out = _add_tile(out, latents, weight, y, x)
+    return out / jnp.asarray(total)[None, None, :, :, None]
+
+
+def encode(params, config, video, *, tile_size=None, tile_overlap: int = 4):
+    """Video [B, F, H, W, 3] in [-1, 1], F = 4k+1 -> normalised latents [B, k+1, H/s, W/s, z].
+
+    tile_size (latent pixels, int or (h, w); pixel tiles are s times larger) encodes
+    overlapping spatial tiles of the whole video one after the other and blends their latents
+    over `tile_overlap` latent pixels: device memory of one tile, small seam errors.
+    """
+    config = as_config(config)
+    _check_video(config, video)
+    _check_frame_count(config, video.shape[1])
+    tiling = None
+    if tile_size is not None:
+        s = spatial_factor(config)
+        tiling = make_tiling(video.shape[2] // s, video.shape[3] // s, tile_size, tile_overlap)
+    if tiling is None:
+        return vae_chunks.encode(params, config, video)
+    return _encode_tiled(params, config, video, tiling)

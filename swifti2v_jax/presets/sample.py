@@ -195,6 +195,8 @@ def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
     c.memory.update(
         text_encoder_on_host=True, release_stage1=True, swap_stage1_experts=True,
         dit_weights="int8", stream_layers="stage1",
+        # 2K VAE encodes in 1024-pixel tiles (6 at 2560x1408): the untiled encode needs 20 GB
+        encode_tile_size=64, encode_tile_overlap=16,
     )  # fmt: skip
     return c
 

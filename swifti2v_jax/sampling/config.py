@@ -36,6 +36,8 @@ class MemoryOptions:
       offloading; otherwise both stay resident and run in one program.
     decode_tile_size: Stage II decode in spatial tiles of this many latent pixels (0: off).
     decode_tile_overlap: overlap of neighbouring tiles in latent pixels.
+    encode_tile_size / encode_tile_overlap: the same for the 2K VAE encodes (hybrid reference
+      and anchor; models/vae_tiling.py): one tile's encoder state on the device at a time.
     dit_weights: 'native' (as converted), or 'int8' / 'fp8': the DiT blocks' kernels
       quantized at load (models/quant.py; a checkpoint converted with --quantize loads as is).
     stream_layers: which DiTs keep their block kernels in host memory and copy one layer per
@@ -47,6 +49,8 @@ class MemoryOptions:
     swap_stage1_experts: bool = True
     decode_tile_size: int = 0
     decode_tile_overlap: int = 2
+    encode_tile_size: int = 0
+    encode_tile_overlap: int = 4
     dit_weights: str = "native"
     stream_layers: str = "off"
 
@@ -60,13 +64,18 @@ class MemoryOptions:
             raise PipelineError(
                 f"memory.stream_layers must be one of {STREAM_CHOICES}, got {self.stream_layers!r}"
             )
-        if self.decode_tile_size < 0:
-            raise PipelineError(f"decode_tile_size must be >= 0, got {self.decode_tile_size}")
-        if self.decode_tile_size and not 0 <= self.decode_tile_overlap < self.decode_tile_size:
-            raise PipelineError(
-                f"decode_tile_overlap must be in [0, decode_tile_size), got "
-                f"{self.decode_tile_overlap} for tile size {self.decode_tile_size}"
+        for kind in ("decode", "encode"):
+            size, overlap = (
+                getattr(self, f"{kind}_tile_size"),
+                getattr(self, f"{kind}_tile_overlap"),
             )
+            if size < 0:
+                raise PipelineError(f"{kind}_tile_size must be >= 0, got {size}")
+            if size and not 0 <= overlap < size:
+                raise PipelineError(
+                    f"{kind}_tile_overlap must be in [0, {kind}_tile_size), got {overlap} for "
+                    f"tile size {size}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,10 +88,13 @@ def stage1_video(
     return vae_lib.decode(vae_params, vae_config, z_low)
 
 
-def reference_latents(vae_params, vae_config, video_low, image_hi):
-    """-> (z_ref [B, T, h, w, C] of the hybrid reference, anchor [B, 1, h, w, C])."""
-    z_ref = reference.encode_hybrid_reference(vae_params, vae_config, video_low, image_hi)
-    anchor = reference.encode_anchor(vae_params, vae_config, image_hi)
+def reference_latents(vae_params, vae_config, video_low, image_hi, tiles=None):
+    """-> (z_ref [B, T, h, w, C] of the hybrid reference, anchor [B, 1, h, w, C]).
+    tiles: None or (tile_size, tile_overlap) for a spatially tiled encode."""
+    z_ref = reference.encode_hybrid_reference(
+        vae_params, vae_config, video_low, image_hi, tiles=tiles
+    )
+    anchor = reference.encode_anchor(vae_params, vae_config, image_hi, tiles=tiles)
     return z_ref, anchor
 
 
@@ -176,7 +179,10 @@ def run(
     stages.set_postfix_str("hybrid reference")
     vae_params = models.get_vae()
     with clock("reference_encode"):
-        z_ref, anchor = reference_latents(vae_params, specs.vae, video_low, image_hi)
+        tiles = (config.memory.encode_tile_size, config.memory.encode_tile_overlap)
+        z_ref, anchor = reference_latents(
+            vae_params, specs.vae, video_low, image_hi, tiles if tiles[0] else None
+        )
         jax.block_until_ready((z_ref, anchor))
     del video_low
     stages.update()
