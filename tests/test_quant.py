@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -12,6 +13,8 @@ from jax.sharding import PartitionSpec as P
 from configs import dit as dit_presets
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import dit, quant, streaming
+from swifti2v_jax.training import experiment
+from swifti2v_jax.training import state as state_lib
 
 
 def _config(**changes):
@@ -158,6 +161,33 @@ def test_load_time_quantize_equals_converted(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(checkpoints.CheckpointError, match="quantize"):
         checkpoints.load(tmp_path / "m", "vae", quantize="int8")
+
+
+def test_quantized_or_streamed_checkpoint_cannot_initialise_training(tmp_path):
+    """train.py's early check (experiment.check_init) refuses them from the metadata alone."""
+    config = _config()
+    params = jax.tree.map(np.asarray, _params(config))
+    train = lambda path: ml_collections.ConfigDict(
+        dict(model="tiny", init_checkpoint=str(path), allow_random_init=False)
+    )
+    quantized = quant.quantize_params(params, "int8")
+    checkpoints.save(tmp_path / "q", "dit", config.to_dict(), quantized, weights="int8")
+    with pytest.raises(ValueError, match="int8-quantized DiT weights, which cannot initialise"):
+        experiment.check_init(train(tmp_path / "q"))
+    streamed = config.replace(stream_layers=True).to_dict()
+    checkpoints.save(tmp_path / "s", "dit", streamed, params)
+    with pytest.raises(ValueError, match="stream_layers=True"):
+        experiment.check_init(train(tmp_path / "s"))
+    # no metadata saying so: the loader still refuses the quantized tree
+    checkpoints.save(tmp_path / "q2", "dit", config.to_dict(), quantized)
+    experiment.check_init(train(tmp_path / "q2"))
+    with pytest.raises(ValueError, match="int8-quantized DiT weights, which cannot initialise"):
+        state_lib.load_dit_params(str(tmp_path / "q2"), config)
+    # a plain checkpoint passes both
+    checkpoints.save(tmp_path / "plain", "dit", config.to_dict(), params)
+    experiment.check_init(train(tmp_path / "plain"))
+    loaded = state_lib.load_dit_params(str(tmp_path / "plain"), config)
+    assert quant.weight_format(loaded) == "native"
 
 
 @pytest.mark.parametrize("fmt", ["native", "int8", "fp8"])

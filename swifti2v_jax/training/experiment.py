@@ -161,6 +161,8 @@ def check_init(config) -> None:
             "--config.init_checkpoint=CONVERTED/dit (python -m conversion), or "
             "--config.allow_random_init=True to start from random weights"
         )
+    if config.init_checkpoint:
+        state_lib.check_init_checkpoint(config.init_checkpoint)
 
 
 def check_windows(config, info: DataInfo) -> None:

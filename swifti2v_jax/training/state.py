@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from swifti2v_jax import checkpoints
-from swifti2v_jax.models import dit
+from swifti2v_jax.models import dit, quant
 
 # DiT fields that must agree between a checkpoint and the model it initialises.
 _ARCHITECTURE_FIELDS = (
@@ -105,13 +105,37 @@ def _check_tree(params, reference, what: str) -> None:
         )
 
 
+def check_init_checkpoint(path: str) -> None:
+    """Training starts from full-precision, device-resident weights: a checkpoint converted with
+    --quantize (int8/fp8 block kernels) or saved with stream_layers is refused from its
+    metadata alone, before anything is loaded."""
+    meta = checkpoints.read_metadata(path)
+    weights = meta.get("weights", "native")
+    if weights != "native":
+        raise ValueError(
+            f"{path} holds {weights}-quantized DiT weights, which cannot initialise training "
+            "(they are for sampling only); convert the model again without --quantize"
+        )
+    if meta.get("config", {}).get("stream_layers"):
+        raise ValueError(
+            f"{path} was saved with stream_layers=True (layer streaming is a sampling option); "
+            "a training init must be a plain converted checkpoint"
+        )
+
+
 def load_dit_params(path: str, model_config: dit.DiTConfig):
     """Parameters for `model_config` from a converted `dit` directory, fp32.
 
     A checkpoint with `out_dim` input channels initialising a model with 2 x out_dim (Stage II
     concat from TI2V-5B) gets its patch embedding widened with zeros.
     """
+    check_init_checkpoint(path)
     saved, params = checkpoints.load(path, kind="dit")
+    if quant.weight_format(params) != "native":  # quantized, but its metadata does not say so
+        raise ValueError(
+            f"{path} holds {quant.weight_format(params)}-quantized DiT weights, which cannot "
+            "initialise training; convert the model again without --quantize"
+        )
     saved = dit.DiTConfig.from_dict(saved)
     for field in _ARCHITECTURE_FIELDS:
         if getattr(saved, field) != getattr(model_config, field):
