@@ -260,12 +260,24 @@ def test_presets_make_valid_pipeline_configs(preset):
     if preset == "swifti2v_2k_24gb":
         assert config.memory.dit_weights == "int8" and config.memory.stream_layers == "stage1"
         assert config.memory.swap_stage1_experts and config.memory.decode_tile_size
+        assert config.memory.encode_tile_size and config.memory.decode_offload_cache
 
 
 def test_text_len_must_be_positive():
     config = sample_configs.get_config("demo")
     config.text_len = 0
     with pytest.raises(pipeline_lib.PipelineError, match="text_len"):
+        pipeline_lib.pipeline_config(config)
+
+
+@pytest.mark.parametrize("kind", ["encode", "decode"])
+def test_bad_vae_tiles_are_refused(kind):
+    config = sample_configs.get_config("swifti2v_2k_24gb")
+    config.memory[f"{kind}_tile_overlap"] = config.memory[f"{kind}_tile_size"]
+    with pytest.raises(pipeline_lib.PipelineError, match=f"{kind}_tile_overlap must be in"):
+        pipeline_lib.pipeline_config(config)
+    config.memory[f"{kind}_tile_size"] = -1
+    with pytest.raises(pipeline_lib.PipelineError, match=f"{kind}_tile_size must be >= 0"):
         pipeline_lib.pipeline_config(config)
 
 

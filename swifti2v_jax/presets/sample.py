@@ -197,6 +197,8 @@ def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
         dit_weights="int8", stream_layers="stage1",
         # 2K VAE encodes in 1024-pixel tiles (6 at 2560x1408): the untiled encode needs 20 GB
         encode_tile_size=64, encode_tile_overlap=16,
+        # the 12 decode tiles' causal caches (~3.5 GB each) wait in host memory
+        decode_offload_cache=True,
     )  # fmt: skip
     return c
 

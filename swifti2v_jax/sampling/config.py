@@ -36,6 +36,8 @@ class MemoryOptions:
       offloading; otherwise both stay resident and run in one program.
     decode_tile_size: Stage II decode in spatial tiles of this many latent pixels (0: off).
     decode_tile_overlap: overlap of neighbouring tiles in latent pixels.
+    decode_offload_cache: keep the tiles' decoder caches in host memory, one tile's on the
+      device at a time (2K: 12 tiles of 44 hold ~3.5 GB of cache each; host transfers instead).
     encode_tile_size / encode_tile_overlap: the same for the 2K VAE encodes (hybrid reference
       and anchor; models/vae_tiling.py): one tile's encoder state on the device at a time.
     dit_weights: 'native' (as converted), or 'int8' / 'fp8': the DiT blocks' kernels
@@ -49,6 +51,7 @@ class MemoryOptions:
     swap_stage1_experts: bool = True
     decode_tile_size: int = 0
     decode_tile_overlap: int = 2
+    decode_offload_cache: bool = False
     encode_tile_size: int = 0
     encode_tile_overlap: int = 4
     dit_weights: str = "native"

@@ -253,6 +253,7 @@ def _stage2_streaming(
     decoder = vae_lib.StreamingDecoder(
         vae_params, specs.vae, tile_size=memory.decode_tile_size or None,
         tile_overlap=memory.decode_tile_overlap,
+        offload_cache=memory.decode_offload_cache and bool(memory.decode_tile_size),
     )  # fmt: skip
     bar = progress_bar(
         total=plan.segments, desc="Stage II", unit="segment", disable=not config.progress,
