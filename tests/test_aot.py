@@ -117,3 +117,14 @@ def test_topology_names():
     with pytest.raises(ValueError, match="no topology"):
         tpu.topology_name("v6e-3")
     assert np.isclose(tpu.HBM_GB["v5e"], 16.0)
+
+
+def test_tiled_vae_encode_program_lowers_for_one_chip():
+    """The tiled 2K encode's per-tile program (benchmarks/aot/single_chip.py) traces and lowers
+    with the real Wan2.2 VAE for a TPU chip (tile 4 = 64 pixels here: lowering only)."""
+    fn, args, about = programs.vae_encode_tiled(TARGET, tile=4, frames=5)
+    params, cache, first, video = args
+    assert video.shape == (1, 4, 64, 64, 3) and first.shape == (1, 1, 4, 4, 48)
+    assert about["tiled"] and about["latent_hw"] == [4, 4]
+    text = fn.lower(*args).as_text()
+    assert "while" in text  # the scan over the encoder chunks of the tile

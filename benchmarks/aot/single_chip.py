@@ -6,10 +6,12 @@
 
 The preset's device programs: the Stage I I2V-A14B expert forward (int8 weights streamed from
 host memory layer by layer, models/streaming.py), the Stage II 2K window forward (TI2V-5B,
-int8, resident), and the Wan2.2 VAE steps of benchmarks/aot/programs.py (tiled 2K decode step,
-2K encode step). umT5 runs on the host CPU in this preset (memory.text_encoder_on_host), so it
-is no device program. `stage1_expert_resident` shows the int8 expert without streaming (why the
-preset streams). Results: benchmarks/results/aot_24gb/results.{json,md}.
+int8, resident), and the Wan2.2 VAE programs of benchmarks/aot/programs.py at the preset's
+tile sizes (the streaming decode step on one tile; the tiled encode's chunk scan over one
+tile of the 81-frame clip; `vae_encode` is the untiled 2K encode step, for comparison).
+umT5 runs on the host CPU in this preset (memory.text_encoder_on_host): no device program.
+`stage1_expert_resident` shows the int8 expert without streaming (why the preset streams).
+Results: benchmarks/results/aot_24gb/results.{json,md}.
 """
 
 from __future__ import annotations
@@ -95,11 +97,18 @@ def vae_encode_tiled(target: str):
     return programs.vae_encode_tiled(target, memory.encode_tile_size, STAGE1_FRAMES)
 
 
+def vae_decode_tiled(target: str):
+    """The preset's streaming tiled decode step (memory.decode_tile_size), one tile. With
+    memory.decode_offload_cache the other tiles' caches wait in host memory."""
+    memory = sample_presets.get_config(PRESET).memory
+    return programs.vae_decode(target, tile=memory.decode_tile_size)
+
+
 PROGRAMS = {
     "stage1_expert": stage1_expert,
     "stage1_expert_resident": lambda target: stage1_expert(target, stream=False),
     "stage2_window": stage2_window,
-    "vae_decode_tiled": programs.PROGRAMS["vae_decode_tiled"],
+    "vae_decode_tiled": vae_decode_tiled,
     "vae_encode_tiled": vae_encode_tiled,
     "vae_encode": programs.PROGRAMS["vae_encode"],
 }
