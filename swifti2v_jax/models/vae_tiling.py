@@ -167,7 +167,8 @@ def decode(params, config, latents, *, tile_size=None, tile_overlap: int = 2):
 # with the ordinary chunked encode), latent tiles blended with ramps. Only one tile's video
 # and encoder cache are on the device at a time; `video` may be a host (numpy) array. The
 # encoder's middle attention is global per frame, so a tile sees less context than the whole
-# frame: a close approximation, exact when one tile covers the frame.
+# frame: an approximation that improves with the tile size (tests/test_vae.py measures it),
+# exact when one tile covers the frame.
 
 
 def _encode_tiled(params, config: VAEConfig, video, tiling: Tiling):
@@ -190,7 +191,8 @@ def encode(params, config, video, *, tile_size=None, tile_overlap: int = 4):
 
     tile_size (latent pixels, int or (h, w); pixel tiles are s times larger) encodes
     overlapping spatial tiles of the whole video one after the other and blends their latents
-    over `tile_overlap` latent pixels: device memory of one tile, small seam errors.
+    over `tile_overlap` latent pixels: device memory of one tile; approximate (tiles see less
+    context than the whole frame), so use the largest tile that fits.
     """
     config = as_config(config)
     _check_video(config, video)
