@@ -114,6 +114,20 @@ PROGRAMS = {
 }
 
 
+NOTES = """\
+VAE rows at the preset's tiles: `vae_encode_tiled` is the chunk scan over one 64 x 64-latent
+(1024 x 1024 pixel) tile of the 81-frame hybrid reference (vae.encode(tile_size=64): 6 tiles
+at 2K, one after the other; its arguments hold the tile's video, 1.0 GB, and encoder cache,
+2.5 GB; chunk 0 and the one-frame anchor encode are smaller programs). `vae_decode_tiled` is
+the streaming decoder's step on one 44 x 44 tile; its 12 tiles' caches (3.5 GB each) wait in
+host memory (memory.decode_offload_cache), so one is on the device at a time. `vae_encode`
+(untiled, not in the preset) shows why the encode is tiled. Not in any single program: during
+Stage II the int8 TI2V-5B weights (5.23 GB) and the VAE encoder's parameters (0.60 GB) stay on
+the device while each finished segment is decoded, so the decode step runs beside them:
+9.78 + 5.23 + 0.60 = 15.6 GB on v5e, under its 16 GB but over the 15 GB budget (the Stage II
+window beside the whole VAE: 6.37 + 2.82 = 9.2 GB)."""
+
+
 def run_one(program: str, target: str) -> dict:
     """Compile + XLA's memory plan. XLA's `peak_memory_in_bytes` counts host-memory arguments
     too (streamed weights), so the device peak here is that minus the host bytes."""
@@ -175,6 +189,7 @@ def report(out: Path) -> str:
             f"{gb(v6e, 'peak_gb')} | {fits} | {seconds} |"
             + (f" error: {error[:100]}" if error else "")
         )
+    lines += ["", NOTES]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     return text
