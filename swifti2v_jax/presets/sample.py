@@ -12,9 +12,9 @@ preset one of
   swifti2v_2k_concat as swifti2v_2k with a trained `concat` Stage II (--stage2 DIR).
   swifti2v_2k_24gb   swifti2v_2k on one 24 GB GPU: int8 DiT weights, Stage I expert
                      streamed layer by layer from host memory, plus umT5 on the host, expert
-                     swapping, Stage I release and tiled decode (README, "2K on one 24 GB
-                     GPU"; on one v5e chip the DiTs need <= 6.4 GB, the untiled 2K VAE
-                     encode 20.2 GB).
+                     swapping, Stage I release, tiled encode and tiled decode with host-
+                     side tile caches (README, "2K on one 24 GB GPU"; on one v5e chip its
+                     largest program, the tiled VAE decode step, needs 9.8 GB).
 
 Pick one with `--config=configs/sample.py:swifti2v_2k`; override any field with
 `--config.stage2.steps=30` and the like. Command-line flags such as --frames or --resolution
