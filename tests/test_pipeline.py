@@ -332,7 +332,9 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
     assert [w.noisy_blocks for w in plan.windows] == [(1, 2), (3,)]
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70, 3), np.uint8))
     chunks = []
-    result = pipeline.generate(image, "a boat on a lake", plan, seed=3, sink=chunks.append)
+    result = pipeline.generate(
+        image, "a boat on a lake", plan, seed=3, sink=chunks.append, keep_latents=True
+    )
     assert [c.shape[0] for c in chunks] == [1, 8, 4]  # anchor, then each segment's blocks
     streamed = np.concatenate(chunks)
     assert streamed.shape == (13, 32, 32, 3) and streamed.dtype == np.uint8
@@ -369,6 +371,7 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
         text_encoder=PromptEncoder.from_checkpoint(paths.t5, text_len=config.text_len),
     )
     again = orchestrator.run(
-        resident, pipeline.specs, config, image, "a boat on a lake", plan, seed=3
-    )
+        resident, pipeline.specs, config, image, "a boat on a lake", plan, seed=3,
+        keep_latents=True,
+    )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(again.latents), np.asarray(result.latents))

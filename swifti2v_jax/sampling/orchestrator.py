@@ -293,7 +293,7 @@ class _Streamer:
             vae_params, specs.vae, tile_size=memory.decode_tile_size or None,
             tile_overlap=memory.decode_tile_overlap,
         )  # fmt: skip
-        self.kept = [anchor] if keep_latents else None
+        self.kept = [] if keep_latents else None
         self._emit(anchor)  # block 0: the image's own latent, decoded first
 
     def _emit(self, latents) -> None:

@@ -205,6 +205,11 @@ class SegmentStream:
     def done(self) -> bool:
         return self.next_segment == len(self.windows)
 
+    @property
+    def held_blocks(self) -> int:
+        """How many z_ref and latent blocks are held (bounded by the window, not the clip)."""
+        return len(self._refs) + len(self._latents)
+
     def push(self, z_ref_blocks: jax.Array):
         """z_ref_blocks [B, n, h, w, C]: the next n blocks -> yields `SegmentResult`s."""
         anchor = self._latents[0]
