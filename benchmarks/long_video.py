@@ -111,7 +111,10 @@ def markdown(report: dict) -> str:
         "# Long clips at demo scale (`python sample.py --frames F`)",
         "",
         f"Backend {report['environment']['platform']}, {report['environment']['cpu_count']} "
-        "CPU cores (shared); demo preset: Stage I chunks of 17 latents, overlap 1.",
+        "CPU cores (shared); demo preset: Stage I chunks of 17 latents, overlap 1; the "
+        "streaming pipeline (each Stage I chunk -> its hybrid reference -> the CSG segments "
+        "it completes -> decode -> mp4). One fresh process per length, run one after the "
+        "other in one benchmark run.",
         "",
         "| frames | Stage I chunks | segments | peak RSS (MiB) | Stage I / II compiles "
         "| total (s) | first frame (s) |",

@@ -4,6 +4,8 @@ stages run one after the other on the whole clip, with bounded state."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,3 +167,32 @@ def test_hybrid_reference_encoder_any_grouping_is_exact(ti2v_root):
     short.push(video_low[:, :7])
     with pytest.raises(ValueError, match="4k\\+1"):
         short.finish()
+
+
+def _programs(root, frames, chunk):
+    from swifti2v_jax.sampling import programs
+
+    config, specs, plan, _ = _setup(root, frames=frames, chunk=chunk)
+    config = dataclasses.replace(
+        config, memory=dataclasses.replace(config.memory, decode_tile_size=1, decode_tile_overlap=0)
+    )
+    return programs.streamed_programs(specs, config, plan)
+
+
+def test_every_streamed_program_is_the_same_for_any_clip_length(ti2v_root):
+    from swifti2v_jax.sampling import programs
+
+    short, long = _programs(ti2v_root, 21, 3), _programs(ti2v_root, 41, 3)
+    assert [p.name for p in short] == [p.name for p in long]
+    assert [p.signature() for p in short] == [p.signature() for p in long]
+    assert {"stage1_dit_chunk", "stage2_window", "stage2_decode_tile_step"} <= {
+        p.name for p in short
+    }
+    # XLA's memory plan, compiled for each length (the Stage I chunk program: the one a
+    # single pass would grow; the benchmark compiles them all at 2K).
+    chunk = [p for p in (short, long) for p in p if p.name == "stage1_dit_chunk"]
+    plans = [programs.memory_plan(p) for p in chunk]
+    assert plans[0] == plans[1] and plans[0]["argument_size_in_bytes"] > 0
+    # The test can fail: a single-pass Stage I grows with the clip.
+    one_pass = [p.signature() for p in _programs(ti2v_root, 41, 0)]
+    assert one_pass != [p.signature() for p in long]

@@ -226,6 +226,13 @@ def chunk_plan(num_latent_frames: int, chunk: int, overlap: int) -> list[tuple[i
     return plan
 
 
+def chunk_length(num_latent_frames: int, config: Stage1Config) -> int:
+    """Latent frames of every Stage I chunk (the one program's length): the clip for a single
+    pass, else `chunk_latents` whatever the clip length."""
+    plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
+    return num_latent_frames if len(plan) == 1 else config.chunk_latents
+
+
 def ti2v_chunks(
     params, model_config: DiTConfig, config: Stage1Config, *, image_latent: jax.Array,
     num_latent_frames: int, context: jax.Array, uncond_context: jax.Array | None = None,
@@ -241,7 +248,7 @@ def ti2v_chunks(
     uncond = _uncond(config, context, uncond_context)
     batch, _, h, w, c = image_latent.shape
     plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
-    length = num_latent_frames if len(plan) == 1 else config.chunk_latents
+    length = chunk_length(num_latent_frames, config)
     sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
     previous = None
     for index, (start, num_known) in enumerate(plan):
