@@ -33,7 +33,7 @@ from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.progress import bar as progress_bar
-from swifti2v_jax.sampling import stage1, stage2
+from swifti2v_jax.sampling import stage1, stage1_a14b, stage2
 from swifti2v_jax.sampling.clock import StageClock, peak_memory
 from swifti2v_jax.sampling.config import PipelineConfig
 from swifti2v_jax.sampling.models import ModelSpecs
@@ -76,21 +76,15 @@ def stage1_latent_chunks(
             num_latent_frames=vae_lib.num_latent_frames(vae_config, frames),
             context=context, uncond_context=uncond, key=key,
         )  # fmt: skip
-        for chunk in chunks:
-            yield chunk.latents if chunk.index == 0 else chunk.new
-        return
-    condition = stage1.a14b_condition(vae_params, vae_config, image_lo, frames)
-    inputs = dict(
-        condition=condition, context=context, uncond_context=uncond, key=key,
-        on_expert=on_expert,
-    )  # fmt: skip
-    if models.swaps_experts:
-        yield stage1.a14b_image_to_video_swapping(
-            *models.expert_loaders(), dit_config, config, release=models.release_expert,
-            **inputs,
-        )  # fmt: skip
     else:
-        yield stage1.a14b_image_to_video(dits[0], dits[1], dit_config, config, **inputs)
+        experts = models.expert_loaders() if models.swaps_experts else tuple(dits)
+        chunks = stage1_a14b.a14b_chunks(
+            *experts, vae_params, vae_config, dit_config, config, image=image_lo, frames=frames,
+            context=context, uncond_context=uncond, key=key, on_expert=on_expert,
+            release=models.release_expert if models.swaps_experts else None,
+        )  # fmt: skip
+    for chunk in chunks:
+        yield chunk.latents if chunk.index == 0 else chunk.new
 
 
 def stage1_video(
@@ -204,7 +198,7 @@ def run(
         if sink is not None:
             sink(frames)
 
-    traces_before = stage1.TRACES["ti2v"]
+    traces_before = sum(stage1.TRACES.values())
     stage1_vae = models.get_stage1_vae()
     pieces = stage1_latent_chunks(
         models, stage1_vae, specs.stage1, specs.stage1_vae, config.stage1, image_lo,
@@ -242,8 +236,9 @@ def run(
         peak_memory_bytes=memory,
         peak_memory_source=memory_source,
         stage2_compilations=streamer.denoiser.traces,
-        # TI2V Stage I programs traced in this run (0 when already compiled in this process).
-        stage1_compilations=stage1.TRACES["ti2v"] - traces_before,
+        # Stage I programs traced in this run (0 when already compiled in this process; the
+        # two I2V-A14B experts taking turns are one program each).
+        stage1_compilations=sum(stage1.TRACES.values()) - traces_before,
         stage1_chunks=num_chunks,
         first_frame_seconds=round(first_frame[0], 3) if first_frame else None,
         stage2_tokens_per_forward=plan.tokens_per_forward,
