@@ -196,3 +196,31 @@ def test_every_streamed_program_is_the_same_for_any_clip_length(ti2v_root):
     # The test can fail: a single-pass Stage I grows with the clip.
     one_pass = [p.signature() for p in _programs(ti2v_root, 41, 0)]
     assert one_pass != [p.signature() for p in long]
+
+
+@pytest.mark.slow
+def test_a14b_chunked_stage1_streams_through_the_pipeline(tmp_path):
+    root = demo_build.build(tmp_path / "a14b", stage1="a14b")
+    ti2v = demo_build.build(tmp_path / "ti2v", stage1="ti2v")
+    config = sample_configs.get_config("demo")
+    config.stage1.update(backbone="a14b", chunk_latents=3, overlap=1, steps=2)
+    config.progress = False
+    config = pipeline_lib.pipeline_config(config)
+    paths = pipeline_lib.resolve_model_paths({"root": str(ti2v), "stage1_root": str(root)}, "a14b")
+    specs = pipeline_lib.inspect_models(paths, config)
+    plan = pipeline_lib.plan_sizes(specs, config, 32, 32, 21)
+    vae = checkpoints.load(paths.vae, "vae")[1]
+    models = ResidentModels(
+        stage1_dits=tuple(checkpoints.load(p, "dit")[1] for p in paths.stage1),
+        stage1_vae=checkpoints.load(paths.stage1_vae, "vae")[1],
+        stage2_dit=checkpoints.load(paths.stage2, "dit")[1],
+        vae=vae,
+        text_encoder=ZeroText(config.text_len, specs.stage1.text_dim),
+    )
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), np.uint8))
+    frames = []
+    result = orchestrator.run(models, specs, config, image, "p", plan, sink=frames.append)
+    assert np.concatenate(frames).shape == (21, 32, 32, 3)
+    summary = result.summary
+    assert summary["stage1_chunks"] == 3 and summary["stage1_compilations"] <= 1
+    assert sum(summary["stage1_expert_forwards"].values()) == 2 * 3  # 2 steps per chunk

@@ -20,7 +20,7 @@ from swifti2v_jax.csg import reference
 from swifti2v_jax.models import dit as dit_lib
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.vae_streaming import _add_tile, _take_tile
-from swifti2v_jax.sampling import solvers, stage1, stage2
+from swifti2v_jax.sampling import solvers, stage1, stage1_a14b, stage2
 from swifti2v_jax.sampling.config import PipelineConfig
 from swifti2v_jax.sampling.models import ModelSpecs
 from swifti2v_jax.sampling.plan import SizePlan
@@ -75,42 +75,77 @@ def _decoder(name, params, config, latent_hw, tile_size=0, tile_overlap=2) -> li
     return _vae_steps(name, params, config, latent, latent, vae_lib._decode_step)
 
 
+def _whole_video(name, params, config, first, rest, step_fn, rest_program) -> list[Program]:
+    """`vae.encode` / `vae.decode` of a whole (chunk-long) clip: step 0, then one scan."""
+    y0, cache = jax.eval_shape(lambda p, x: step_fn(p, config, None, x, True), params, first)
+    return [
+        Program(f"{name}_first", step_fn, (params, config, None, first, True)),
+        Program(f"{name}_rest", rest_program, (params, config, cache, y0, rest)),
+    ]
+
+
+def _a14b_programs(specs, config, text, length, latent1, p_vae1) -> list[Program]:
+    """Per chunk: the conditioning video encoded, the sampler (both experts in one program,
+    or one program per expert when they take turns), the chunk decoded for the next one."""
+    vae1, cfg = specs.stage1_vae, config.stage1
+    h1, w1 = (n * vae_lib.spatial_factor(vae1) for n in latent1)
+    frames = vae_lib.num_pixel_frames(vae1, length)
+    programs = _whole_video(
+        "stage1_condition_encode", p_vae1, vae1, _struct((1, 1, h1, w1, 3)),
+        _struct((1, frames - 1, h1, w1, 3)), vae_lib._encode_step, vae_lib._encode_rest_program,
+    )  # fmt: skip
+    x = _struct((1, length, *latent1, specs.stage1.out_dim))
+    condition = _struct((1, length, *latent1, vae1.z_dim + stage1_a14b.MASK_CHANNELS))
+    sigmas, timesteps = (_struct(a.shape) for a in solvers.as_schedule_arrays(cfg.make_schedule()))
+    expert = dit_lib.abstract_params(specs.stage1)
+    if config.memory.swap_stage1_experts:
+        state = jax.eval_shape(solvers.make_solver(cfg.solver).init, x)
+        i = _struct((), jnp.int32)
+        for name in ("high_noise", "low_noise"):
+            program = stage1_a14b._phase_program(specs.stage1, cfg, name, True)
+            args = (expert, x, state, condition, text, text, sigmas, timesteps, i, i)
+            programs.append(Program(f"stage1_a14b_{name}", program, args))
+    else:
+        program = stage1_a14b._program(specs.stage1, cfg, True)
+        args = (expert, expert, x, condition, text, text, sigmas, timesteps)
+        programs.append(Program("stage1_a14b_experts", program, args))
+    programs += _whole_video(
+        "stage1_chunk_decode", p_vae1, vae1, _struct((1, 1, *latent1, vae1.z_dim)),
+        _struct((1, length - 1, *latent1, vae1.z_dim)), vae_lib._decode_step,
+        vae_lib._decode_rest_program,
+    )  # fmt: skip
+    return programs
+
+
 def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan) -> list[Program]:
-    """The programs `run` compiles for `plan` (TI2V Stage I; batch 1)."""
-    if config.stage1.backbone != "ti2v":
-        raise ValueError("streamed_programs covers the ti2v Stage I backbone")
+    """The programs `run` compiles for `plan` (batch 1; Stage I ti2v or a14b)."""
     text = _struct((1, config.text_len, specs.stage1.text_dim))
     vae1, vae2 = specs.stage1_vae, specs.vae
     p_vae1, p_vae2 = vae_lib.abstract_params(vae1), vae_lib.abstract_params(vae2)
     s1 = vae_lib.spatial_factor(vae1)
     h1, w1 = plan.stage1_height, plan.stage1_width
     latent1 = (h1 // s1, w1 // s1)
-    programs = []
-
-    # Stage I: the image latent, then one program for every chunk, each chunk decoded.
-    image_lo = _struct((1, 1, h1, w1, 3))
-    programs.append(
-        Program("stage1_image_encode", vae_lib._encode_step, (p_vae1, vae1, None, image_lo, True))
-    )
     num_latent = vae_lib.num_latent_frames(vae1, plan.frames)
     length = stage1.chunk_length(num_latent, config.stage1)
-    sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.make_schedule())
-    x_init = _struct((1, length, *latent1, vae1.z_dim))
-    programs.append(
-        Program(
-            "stage1_dit_chunk",
-            stage1._ti2v_program(specs.stage1, config.stage1),
-            (
-                dit_lib.abstract_params(specs.stage1),
-                x_init,
-                _struct((), jnp.int32),
-                text,
-                text,
-                _struct(sigmas.shape),
-                _struct(timesteps.shape),
-            ),
+
+    # Stage I: one program for every chunk, each chunk decoded as it comes.
+    if config.stage1.backbone == "a14b":
+        programs = _a14b_programs(specs, config, text, length, latent1, p_vae1)
+    else:
+        image_lo = _struct((1, 1, h1, w1, 3))
+        sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.make_schedule())
+        x_init = _struct((1, length, *latent1, vae1.z_dim))
+        chunk_args = (
+            dit_lib.abstract_params(specs.stage1), x_init, _struct((), jnp.int32), text, text,
+            _struct(sigmas.shape), _struct(timesteps.shape),
         )  # fmt: skip
-    )
+        programs = [
+            Program(
+                "stage1_image_encode", vae_lib._encode_step, (p_vae1, vae1, None, image_lo, True)
+            ),
+            Program("stage1_dit_chunk", stage1._ti2v_program(specs.stage1, config.stage1),
+                    chunk_args),
+        ]  # fmt: skip
     programs += _decoder("stage1_decode", p_vae1, vae1, latent1)
 
     # The hybrid reference: upsample a group of frames, encode it; the anchor is `_first`.
@@ -125,6 +160,7 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
     )  # fmt: skip
 
     # Stage II: one window program for every segment.
+    text = _struct((1, config.text_len, specs.stage2.text_dim))
     denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
     size = plan.windows[0].size
     window = _struct((1, size, *plan.latent_hw, vae2.z_dim))
