@@ -5,18 +5,20 @@
 No weights, no data: the real model architectures (presets/dit.py, presets/vae.py), the 2K
 sample presets, and every program `sampling/orchestrator.run` compiles, lowered with
 abstract inputs (sampling/programs.py) and compiled on the CPU backend;
-`compiled.memory_analysis()` gives argument / output / temp / code bytes. For each preset and
-frame count the programs' input signatures are listed; each distinct signature is compiled
-once (XLA's plan is a function of the program and its signature), so a plan is "the same
-for 81, 481 and 1001 frames" exactly when the signatures are.
+`compiled.memory_analysis()` gives argument / output / temp / code bytes. Every program is
+compiled afresh for every preset and frame count, and its input signature (hashed) and memory
+plan are compared across the frame counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
+
+import jax
 
 from swifti2v_jax.presets import dit as dit_presets
 from swifti2v_jax.presets import sample as sample_presets
@@ -44,10 +46,10 @@ def specs_for(preset: str, config) -> ModelSpecs:
     )
 
 
-def signatures(presets=PRESETS, frames=FRAMES) -> tuple[list[dict], dict]:
-    """Every (preset, frame count, program) row with its input signature (no compiling), and
-    the distinct programs to compile."""
-    rows, distinct = [], {}
+def signatures(presets=PRESETS, frames=FRAMES) -> list[tuple[dict, programs_lib.Program]]:
+    """Every (preset, frame count, program) row with its input signature's hash (no
+    compiling), and the program."""
+    rows = []
     for preset in presets:
         raw = sample_presets.get_config(preset)
         config = pipeline_config(raw)
@@ -56,28 +58,31 @@ def signatures(presets=PRESETS, frames=FRAMES) -> tuple[list[dict], dict]:
         for count in frames:
             plan = plan_sizes(specs, config, width, height, count)
             for program in programs_lib.streamed_programs(specs, config, plan):
-                key = f"{program.name}|{program.signature()}"
-                distinct.setdefault(key, program)
-                rows.append(
-                    dict(
-                        preset=preset, frames=count, program=program.name, key=key,
-                        segments=plan.segments,
-                    )
+                signature = hashlib.sha1(program.signature().encode()).hexdigest()[:16]
+                row = dict(
+                    preset=preset, frames=count, program=program.name, signature=signature,
+                    segments=plan.segments,
                 )  # fmt: skip
-    return rows, distinct
+                rows.append((row, program))
+    return rows
 
 
 def measure(out: Path, presets=PRESETS, frames=FRAMES) -> dict:
-    """Compiles each distinct program once, writing the report after every one (a slow
-    compile cut short still leaves every signature and the plans done so far)."""
-    rows, distinct = signatures(presets, frames)
-    report = dict(rows=rows, plans={}, seconds={}, frames=list(frames), presets=list(presets))
+    """Compiles every program for every frame count afresh (jax's caches cleared between
+    lengths), writing the report after every one (a slow compile cut short still leaves
+    every signature and the plans done so far)."""
+    rows = signatures(presets, frames)
+    report = dict(rows=[row for row, _ in rows], frames=list(frames), presets=list(presets))
     write(out, report)
-    for key, program in distinct.items():
+    current = None
+    for row, program in rows:
+        if (row["preset"], row["frames"]) != current:
+            current = (row["preset"], row["frames"])
+            jax.clear_caches()  # each length compiles its own programs
         start = time.perf_counter()
-        report["plans"][key] = programs_lib.memory_plan(program)
-        report["seconds"][key] = round(time.perf_counter() - start, 1)
-        print(f"{program.name}: {report['seconds'][key]} s", flush=True)
+        row.update(programs_lib.memory_plan(program))
+        row["compile_seconds"] = round(time.perf_counter() - start, 1)
+        print(f"{current} {program.name}: {row['compile_seconds']} s", flush=True)
         write(out, report)
     return report
 
@@ -89,16 +94,20 @@ def write(out: Path, report: dict) -> None:
 
 
 def same_for_every_length(report: dict) -> dict[str, bool]:
-    """preset/program -> whether its input signature (hence its plan) is identical for every
-    frame count."""
+    """preset/program -> whether its input signature and its compiled memory plan are
+    identical for every frame count (a program not compiled yet counts as not the same)."""
     seen: dict[str, set] = {}
     for r in report["rows"]:
-        seen.setdefault(f"{r['preset']}/{r['program']}", set()).add(r["key"])
-    return {name: len(keys) == 1 for name, keys in seen.items()}
+        plan = tuple(r.get(f) for f in programs_lib.MEMORY_FIELDS)
+        seen.setdefault(f"{r['preset']}/{r['program']}", set()).add((r["signature"], plan))
+    return {
+        name: len(values) == 1 and None not in next(iter(values))[1]
+        for name, values in seen.items()
+    }
 
 
-def _mib(plan: dict | None, field: str) -> str:
-    return "not compiled" if plan is None else f"{plan[field] / 2**20:.1f}"
+def _mib(row: dict, field: str) -> str:
+    return "not compiled" if field not in row else f"{row[field] / 2**20:.1f}"
 
 
 def markdown(report: dict) -> str:
@@ -110,20 +119,25 @@ def markdown(report: dict) -> str:
         "`python -m benchmarks.long_video_plans`: every program `sampling/orchestrator.run` "
         "compiles (sampling/programs.py) for the 2K presets at 2560x1408, with the public "
         "models' architectures (fp32 parameters as the presets define them) and no weights. "
-        "MiB per program (XLA CPU `memory_analysis`). `same` = identical input signature for "
-        f"{', '.join(map(str, frames))} frames, hence one compiled program and one memory "
-        "plan for every length (each distinct signature is compiled once).",
+        "MiB per program (XLA CPU `memory_analysis`, at the first length). `same` = identical "
+        f"input signature and identical memory plan for {', '.join(map(str, frames))} frames, "
+        "each length compiled afresh (jax caches cleared); compile seconds for "
+        f"{', '.join(map(str, frames))}.",
         "",
         "| preset | program | arguments | outputs | temp | compile (s) | same |",
         "|---|---|---:|---:|---:|---:|:---:|",
     ]
     for r in (r for r in report["rows"] if r["frames"] == frames[0]):
-        plan = report["plans"].get(r["key"])
         name = f"{r['preset']}/{r['program']}"
+        seconds = " / ".join(
+            str(o.get("compile_seconds", "-"))
+            for o in report["rows"]
+            if (o["preset"], o["program"]) == (r["preset"], r["program"])
+        )
         lines.append(
-            f"| {r['preset']} | {r['program']} | {_mib(plan, 'argument_size_in_bytes')} | "
-            f"{_mib(plan, 'output_size_in_bytes')} | {_mib(plan, 'temp_size_in_bytes')} | "
-            f"{report['seconds'].get(r['key'], '')} | {'yes' if same[name] else 'NO'} |"
+            f"| {r['preset']} | {r['program']} | {_mib(r, 'argument_size_in_bytes')} | "
+            f"{_mib(r, 'output_size_in_bytes')} | {_mib(r, 'temp_size_in_bytes')} | "
+            f"{seconds} | {'yes' if same[name] else 'NO'} |"
         )
     segments = sorted({(r["preset"], r["frames"], r["segments"]) for r in report["rows"]})
     lines += [
@@ -132,7 +146,7 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{p} {f} frames: {s}" for p, f, s in segments)
         + ".",
         f"Every program the same for every length: {all(same.values())}. Compiled "
-        f"{len(report['plans'])} of {len({r['key'] for r in report['rows']})} distinct programs.",
+        f"{sum('compile_seconds' in r for r in report['rows'])} of {len(report['rows'])}.",
     ]
     return "\n".join(lines) + "\n"
 
