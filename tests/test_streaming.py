@@ -4,7 +4,9 @@ stages run one after the other on the whole clip, with bounded state."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +53,26 @@ class RecordingModels(ResidentModels):
         self.events.append("done_stage1")
 
 
+@contextlib.contextmanager
+def compiled_programs():
+    """The set of programs XLA compiles inside the block (name and input shapes)."""
+    found: set[str] = set()
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Compiling "):
+                found.add(message.split(". Argument mapping")[0])
+
+    handler, logger = Handler(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield found
+    finally:
+        logger.removeHandler(handler)
+
+
 def _setup(root, frames=21, chunk=3, overlap=1):
     config = sample_configs.get_config("demo")
     config.stage1.update(chunk_latents=chunk, overlap=overlap, steps=2)
@@ -71,14 +93,15 @@ def _setup(root, frames=21, chunk=3, overlap=1):
 
 
 def test_streamed_run_equals_the_whole_clip_stages_exactly(ti2v_root):
-    config, specs, plan, models = _setup(ti2v_root)
+    config, specs, plan, models = _setup(ti2v_root, frames=21)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), np.uint8))
     events: list = []
     sink = lambda frames: events.append(frames)  # noqa: E731
-    streamed = orchestrator.run(
-        RecordingModels(**models, events=events), specs, config, image, "p", plan, seed=5,
-        sink=sink, keep_latents=True,
-    )  # fmt: skip
+    with compiled_programs() as first_programs:
+        streamed = orchestrator.run(
+            RecordingModels(**models, events=events), specs, config, image, "p", plan, seed=5,
+            sink=sink, keep_latents=True,
+        )  # fmt: skip
     summary = streamed.summary
     assert summary["stage1_chunks"] == 3 and plan.latent_frames == 6
     assert summary["stage2_compilations"] == 1
@@ -105,6 +128,18 @@ def test_streamed_run_equals_the_whole_clip_stages_exactly(ti2v_root):
     np.testing.assert_array_equal(np.asarray(streamed.latents), np.asarray(latents))
     whole = frames_to_uint8(vae_lib.decode(models["vae"], specs.vae, latents)[0])
     np.testing.assert_array_equal(frames, whole)
+
+    # A longer clip (4 chunks; a first, middle and last chunk like the shorter one, with the
+    # same last-chunk remainder) compiles only programs of the shapes the shorter one
+    # compiled: nothing depends on the length. (A 2-chunk clip has no middle chunk: a
+    # 3-chunk one then concatenates that chunk's z_ref blocks in one more small program.)
+    # (The run builds a new WindowDenoiser, i.e. a new jit: its program compiles again.)
+    longer = pipeline_lib.plan_sizes(specs, config, 32, 32, 29)
+    with compiled_programs() as longer_programs:
+        result = orchestrator.run(ResidentModels(**models), specs, config, image, "p", longer)
+    assert result.summary["stage1_chunks"] == 4 and result.latents is None
+    assert any("_denoise" in p for p in longer_programs)
+    assert longer_programs <= first_programs, longer_programs - first_programs
 
 
 class MixingDenoiser:
