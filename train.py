@@ -21,7 +21,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from swifti2v_jax import checkpoints, cli
+from swifti2v_jax import checkpoints, cli, launch
 from swifti2v_jax.training import experiment, loop, optim, sharding, vae_training
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
@@ -46,13 +46,14 @@ def train(config, workdir: Path) -> int:
     )
     experiment.resolve_batch_size(config, mesh)
     loop.check_config(config)
-    per_host_batch = experiment.check_batch(config, mesh)
+    batch_rows = experiment.check_batch(config, mesh)
     source, data_info = experiment.make_source(config)
     experiment.check_data_against_model(data_info, model_config, config)
     experiment.check_windows(config, data_info)
     logging.info(
-        "mesh %s (fsdp=%s), global batch %d, %d process(es)",
-        dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_count(),
+        "mesh %s (fsdp=%s), global batch %d, process %d of %d reads rows [%d, %d)",
+        dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_index(),
+        jax.process_count(), batch_rows[0], sum(batch_rows),
     )  # fmt: skip
 
     # --- state layout (restored or initialised by the loop) and the step
@@ -96,7 +97,9 @@ def train(config, workdir: Path) -> int:
             state_shardings,
         ),
         init_state=init_state,
-        data_iterator=iter(experiment.make_loader(config, source, data_info, per_host_batch)),
+        data_iterator=iter(
+            experiment.make_loader(config, source, data_info, config.batch_size, batch_rows)
+        ),
         train_step=lambda state, batch: step_fn(state, sharding.global_batch(batch, mesh), frozen),
         learning_rate=optim.learning_rate_schedule(opt_config, config.num_steps),
         export=export,
@@ -134,8 +137,10 @@ def main(argv):
     workdir = Path(_WORKDIR.value)
     if workdir.exists() and not workdir.is_dir():
         raise cli.UserError(f"--workdir {workdir} exists and is not a directory")
-    if config.get("distributed", False):
-        jax.distributed.initialize()
+    # Joins the other processes (swifti2v_jax/launch.py, or a TPU slice with distributed=True).
+    launch.initialize(config.get("distributed", False))
+    if config.get("stage") == "vae" and jax.process_count() > 1:
+        raise cli.UserError("the VAE stage trains on one process (training/vae_training.py)")
     # A run stopped (error, signal) before its first checkpoint leaves no half-made workdir.
     with cli.new_outputs(workdir, keep=lambda: _has_checkpoint(workdir)):
         if config.get("stage") == "vae":

@@ -252,7 +252,7 @@ def test_synthetic_source_is_deterministic_and_windowed():
     with pytest.raises(IndexError):
         a[4]
     window = loader.WindowSpec(noisy_blocks=3, neighbours=1, end_to_end=True, text_len=6)
-    data = loader.make_loader(a, batch_size=2, window=window, seed=0, shard_by_process=False)
+    data = loader.make_loader(a, batch_size=2, window=window, seed=0)
     batch = next(iter(data))
     assert batch["latents"].shape == (2, 5, 4, 4, 48)
     np.testing.assert_array_equal(batch["is_noisy"][0], [False, True, True, True, True])

@@ -14,8 +14,13 @@ own output, data/rollout.py) instead of the true ones, as at sampling time; the 
 the noisy blocks (the targets) stay true.
 
 The window draw uses grain's per-record generator, so it is part of the (checkpointable)
-iterator state: a resumed run sees the same windows as an uninterrupted one. Sharding over
-hosts is by `jax.process_index()` (grain's ShardByJaxProcess).
+iterator state: a resumed run sees the same windows as an uninterrupted one.
+
+Several processes (hosts): there is one global sequence of examples (grain's IndexSampler over
+all records, with its per-example random generator) and global batch n is its positions
+[n*B, (n+1)*B). Each process reads only its rows of every global batch (`GlobalBatchRows`), so
+the global batches, and the loss, do not depend on the number of processes, and every example
+is read by exactly one process.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 from pathlib import Path
 
 import grain
+import jax
 import numpy as np
 
 from swifti2v_jax.csg import inputs, layout
@@ -120,6 +126,34 @@ def tfds_source(dataset_dir: str | os.PathLike, split: str = "train"):
     return tfds.builder_from_directory(str(dataset_dir)).as_data_source()[split]
 
 
+class GlobalBatchRows:
+    """A grain sampler: this process's rows [first, first + rows) of every global batch of
+    `global_batch` positions of `sampler`'s sequence.
+
+    grain's DataLoader batches worker w's local indices w, w + W, w + 2W, ... and returns
+    workers' batches in turn, so local index i belongs to local batch (i // W // rows) * W + w:
+    the mapping keeps that batch = the global batch of the same number, for any worker count.
+    """
+
+    def __init__(self, sampler, global_batch: int, first: int, rows: int, worker_count: int):
+        if not (0 <= first and rows >= 1 and first + rows <= global_batch):
+            raise ValueError(f"rows [{first}, {first + rows}) outside a batch of {global_batch}")
+        self.sampler, self.global_batch = sampler, global_batch
+        self.first, self.rows, self.workers = first, rows, max(1, worker_count)
+
+    def __getitem__(self, index: int):
+        worker, in_worker = index % self.workers, index // self.workers
+        batch, row = divmod(in_worker, self.rows)
+        position = (batch * self.workers + worker) * self.global_batch + self.first + row
+        return self.sampler[position]
+
+    def __repr__(self) -> str:  # grain checks it against the checkpointed iterator
+        return (
+            f"GlobalBatchRows({self.sampler!r}, global_batch={self.global_batch}, "
+            f"first={self.first}, rows={self.rows}, workers={self.workers})"
+        )
+
+
 def make_loader(
     source,
     *,
@@ -129,28 +163,46 @@ def make_loader(
     shuffle: bool = True,
     num_epochs: int | None = None,
     worker_count: int = 0,
-    shard_by_process: bool = True,
+    rows: tuple[int, int] | None = None,
     expected_blocks: int | None = None,
 ) -> grain.DataLoader:
-    """A grain DataLoader of per-host batches (`batch_size` = this host's share)."""
+    """A grain DataLoader of this process's batches.
+
+    `batch_size` is the global batch; `rows` = (first, count): the rows of each global batch
+    this process reads (training/sharding.process_rows); None: all of them (one process).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shard_options = (
-        grain.sharding.ShardByJaxProcess(drop_remainder=True)
-        if shard_by_process
-        else grain.sharding.NoSharding()
-    )
-    sampler = grain.samplers.IndexSampler(
+    first, count = (0, batch_size) if rows is None else rows
+    sample = lambda shard_options: grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=shard_options,
         shuffle=shuffle,
         num_epochs=num_epochs,
         seed=seed,
     )
+    if count == batch_size and worker_count <= 1:
+        # The slicing would be the identity: the plain sampler. With one process,
+        # ShardByJaxProcess is no sharding and keeps the sampler's repr (grain checks it on
+        # restore) that of checkpoints written before GlobalBatchRows existed.
+        one = jax.process_count() == 1
+        sampler = sample(
+            grain.sharding.ShardByJaxProcess(drop_remainder=True)
+            if one
+            else grain.sharding.NoSharding()
+        )
+    else:
+        sampler = GlobalBatchRows(
+            sample(grain.sharding.NoSharding()), batch_size, first, count, worker_count
+        )
     operations = [
         ToWindow(window, expected_blocks),
-        grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
+        grain.transforms.Batch(batch_size=count, drop_remainder=True),
     ]
     return grain.DataLoader(
-        data_source=source, sampler=sampler, operations=operations, worker_count=worker_count
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=worker_count,
+        shard_options=grain.sharding.NoSharding(),
     )

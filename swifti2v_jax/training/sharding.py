@@ -93,10 +93,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """This host's slice of the batch (numpy, leading batch axis) -> global jax.Arrays.
+    """This process's rows of the batch (numpy, leading batch axis) -> global jax.Arrays.
 
-    Every host passes its own per-host batch; the global batch is their concatenation in
-    process order (`jax.make_array_from_process_local_data`).
+    Every process passes its own rows, `process_rows(mesh, global size)`: the global batch is
+    the same whatever the number of processes (`jax.make_array_from_process_local_data`).
     """
     sharding = batch_sharding(mesh)
     return {
@@ -105,12 +105,25 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     }
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-    """-> the per-host batch size; the global batch must split evenly over devices and hosts."""
+def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, int]:
+    """-> (first row, row count) of the global batch held by this process's devices (the
+    rows its data loader reads). The mesh's device order decides it, not the process index."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+    rows = sorted({i for index in indices.values() for i in range(global_batch_size)[index[0]]})
+    if not rows or rows != list(range(rows[0], rows[-1] + 1)):
+        raise ValueError(
+            f"process {jax.process_index()} holds no contiguous block of the batch on this "
+            f"mesh ({dict(mesh.shape)}); use all devices (mesh.num_devices=-1)"
+        )
+    return rows[0], len(rows)
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> tuple[int, int]:
+    """-> `process_rows`; the global batch must split evenly over the mesh's devices."""
     devices = mesh.size
     if global_batch_size % devices:
         raise ValueError(
             f"batch_size {global_batch_size} must be a multiple of the {devices} devices of the "
             f"mesh (the batch is split over 'data' x 'fsdp')"
         )
-    return global_batch_size // jax.process_count()
+    return process_rows(mesh, global_batch_size)
