@@ -56,6 +56,16 @@ def initialize(distributed: bool = False) -> None:
     )
 
 
+def barrier(name: str) -> None:
+    """Returns once every process got here (at once with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))

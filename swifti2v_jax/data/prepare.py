@@ -9,8 +9,12 @@ Per video: read the first `num_frames` frames (center crop + resize), encode the
 turn it into z_ref with the hybrid reference builder sampling uses (csg/reference.py: bicubic
 upsampling, frame 0 := the clip's first frame, VAE encode), embed the caption with umT5. Videos that
 cannot be read or are too short are skipped, counted and listed in the report, never fatal.
-Shards are written to a temporary folder and moved into place at the end, with
-`dataset.json` (shapes, counts) and `prepare_report.json` (every skipped file and why).
+Shards are fixed groups of `--records-per-shard` videos, each moved into place once complete;
+a rerun into the same --out skips finished ones. At the end `dataset.json` (shapes, counts, all
+shards) and `prepare_report.json` (every skipped file and why) are written.
+
+Several processes (swifti2v_jax/launch.py, or every host with --distributed) split the
+shards between them and write exactly what one process would (data/shards.py).
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from swifti2v_jax.csg import degradation, reference
-from swifti2v_jax.data import records, videos
+from swifti2v_jax.data import records, shards, videos
 
 REFERENCE_KINDS = ("synthetic", "precomputed", "none")
 DATASET_FILE = "dataset.json"
@@ -170,15 +174,20 @@ def iterate_records(
     dtype: str = "float16",
     seed: int = 0,
     progress: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[tuple[str, dict]]:
-    """(name, record) for every usable video in sorted order; failures go to `report`."""
+    """(name, record) for every usable video in sorted order (or the videos at `indices` of
+    that order); failures go to `report`. A record's randomness comes from its video's index
+    in the whole folder, never from which videos are prepared together."""
     clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
     paths = videos.list_videos(video_dir)
+    selected = range(len(paths)) if indices is None else indices
     if progress:
         from swifti2v_jax import progress as progress_lib
 
-        paths = progress_lib.bar(paths, desc="preparing", unit="video")
-    for index, path in enumerate(paths):
+        selected = progress_lib.bar(selected, desc="preparing", unit="video")
+    for index in selected:
+        path = paths[index]
         rng = np.random.default_rng((seed, index))
         try:
             record = process_video(path, clip_spec, encoders, reference, rng, dtype)
@@ -203,22 +212,64 @@ def prepare(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Callable[[], None] | None = None,
 ) -> PrepareReport:
-    """Writes OUT/train-XXXXX-of-YYYYY.array_record, dataset.json and prepare_report.json."""
-    check_output(out_dir, records_per_shard, dtype, overwrite)
-    videos.list_videos(video_dir)  # a missing folder fails here, before any work
+    """Writes OUT/train-KKKKK-of-NNNNN.array_record, dataset.json and prepare_report.json.
+
+    Process `process_index` of `process_count` writes its share of the shards (data/shards.py:
+    the same shards for any count) and skips shards a previous run finished; `barrier()`
+    returns once every process is done, then process 0 writes the manifest. -> the whole
+    report on process 0, this process's part elsewhere.
+    """
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if dtype not in records.STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {records.STORAGE_DTYPES}, got {dtype!r}")
+    paths = videos.list_videos(video_dir)  # a missing folder fails here, before any work
     clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
     reference = reference or ReferenceSpec()
-    report = PrepareReport()
-    named_records = iterate_records(
-        video_dir, clip_spec, encoders, reference, report, dtype=dtype, seed=seed,
-        progress=progress,
-    )  # fmt: skip
+    start, report, out_dir = time.time(), PrepareReport(), Path(out_dir)
     info = {"clip": dataclasses.asdict(clip_spec), "reference": dataclasses.asdict(reference)}
-    return write_dataset(
-        out_dir, named_records, report, records_per_shard=records_per_shard, dtype=dtype,
-        info=info, what=f"no usable video in {video_dir}",
-    )  # fmt: skip
+    job = {"videos": [p.name for p in paths], "records_per_shard": records_per_shard,
+           "dtype": dtype, "seed": seed, **info}  # fmt: skip
+    shards.start_job(out_dir, job, overwrite)
+    total = shards.count(len(paths), records_per_shard)
+    for shard in shards.shards_of(process_index, process_count, total):
+        if shards.is_done(out_dir, shard):
+            continue
+        part = PrepareReport()
+        named_records = iterate_records(
+            video_dir, clip_spec, encoders, reference, part, dtype=dtype, seed=seed,
+            progress=progress, indices=shards.videos_of(shard, len(paths), records_per_shard),
+        )  # fmt: skip
+        note = {"skipped": part.skipped, "missing_captions": part.missing_captions}
+        shards.write_shard(out_dir, shard, total, named_records, note)
+        report.written += part.written
+        report.skipped.update(part.skipped)
+        report.missing_captions += part.missing_captions
+    if barrier is not None:
+        barrier()
+    if process_index != 0:
+        report.seconds = time.time() - start
+        return report
+    notes = shards.read_notes(out_dir, total)
+    report = PrepareReport(
+        written=sum(n["written"] for n in notes),
+        skipped={k: v for n in notes for k, v in n["skipped"].items()},
+        missing_captions=[name for n in notes for name in n["missing_captions"]],
+        shards=[n["shard"] for n in notes if n["written"]],
+        seconds=time.time() - start,
+    )
+    if not report.written:
+        raise ValueError(
+            f"no usable video in {video_dir}: {len(report.skipped)} skipped\n" + report.summary()
+        )
+    dataset = shards.manifest(notes, info)
+    (out_dir / DATASET_FILE).write_text(json.dumps({**dataset, "dtype": dtype}, indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    return report
 
 
 def check_output(out_dir, records_per_shard: int, dtype: str, overwrite: bool) -> None:
@@ -383,6 +434,9 @@ def parse_args(argv):
     parser.add_argument("--dtype", choices=records.STORAGE_DTYPES, default="float16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--distributed", action="store_true", help="join the other hosts (Cloud TPU, SLURM)"
+    )
     args = parser.parse_args(argv)
     if args.references and args.reference == "synthetic":
         args.reference = "precomputed"
@@ -391,6 +445,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from swifti2v_jax import launch
+
+    launch.initialize(args.distributed)  # one process, or one of several (each its share)
+    import jax
+
+    process_index, process_count = jax.process_index(), jax.process_count()
     try:
         clip_spec = ClipSpec(args.num_frames, args.height, args.width, args.frame_stride)
         reference = ReferenceSpec(
@@ -414,12 +474,16 @@ def main(argv=None) -> int:
             dtype=args.dtype,
             seed=args.seed,
             overwrite=args.overwrite,
-            progress=True,
+            progress=process_count == 1,
+            process_index=process_index,
+            process_count=process_count,
+            barrier=lambda: launch.barrier("prepare: every shard written"),
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(report.summary())
+    # Process 0 reports the whole run; the others only their share.
+    print(report.summary() if process_index == 0 else f"wrote {report.written} clips")
     return 0
 
 
