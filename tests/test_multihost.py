@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
 from swifti2v_jax import launch
 from swifti2v_jax.data import loader, prepare, records, shards, synthetic
@@ -47,12 +48,12 @@ def test_process_rows_rebuild_the_one_process_batches(processes):
 
 
 def test_process_rows_do_not_depend_on_grain_workers():
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (train.py parses)
     source = synthetic.SyntheticSource(synthetic.SyntheticSpec(num_records=12, num_blocks=5))
     whole = _batches(source, None, count=3)
-    half = [_batches(source, (p * 4, 4), worker_count=2, count=3) for p in range(2)]
-    for step, batch in enumerate(whole):
-        glued = np.concatenate([part[step]["latents"] for part in half])
-        np.testing.assert_array_equal(glued, batch["latents"])
+    second_half = _batches(source, (4, 4), worker_count=2, count=3)  # process 1 of 2
+    for batch, part in zip(whole, second_half):
+        np.testing.assert_array_equal(part["latents"], batch["latents"][4:])
 
 
 def test_process_rows_of_a_one_process_mesh():
@@ -153,18 +154,18 @@ def test_prepare_with_three_processes_equals_one_and_resumes(seven_videos, tmp_p
     assert json.loads((three / "dataset.json").read_text())["num_records"] == 6
 
     resumed = tmp_path / "interrupted"
-    _prepare(seven_videos, resumed, CountingEncoders(), 0, 3)  # shards 0 and 3 finished
+    with pytest.raises(ValueError, match=r"shards \[1, 2\] are unfinished"):  # no manifest
+        _prepare(seven_videos, resumed, CountingEncoders(), 0, 3)  # shards 0 and 3 finished
     with pytest.raises(KeyboardInterrupt):  # process 1 dies in shard 1; 2 never started
         _prepare(seven_videos, resumed, CountingEncoders(fail_after=1), 1, 3)
-    with pytest.raises(ValueError, match="unfinished"):
-        _prepare(seven_videos, resumed, CountingEncoders(), 0, 3)  # shard 1 is missing
     assert not list(resumed.glob(".*tmp*")) and not (resumed / "dataset.json").exists()
     times = {p.name: p.stat().st_mtime_ns for p in resumed.glob("train-*")}
     assert sorted(times) == [shards.shard_name(k, 4) for k in (0, 3)]
     counters = [CountingEncoders() for _ in range(3)]
     for index in (1, 2, 0):
         _prepare(seven_videos, resumed, counters[index], index, 3)
-    assert [c.calls for c in counters] == [0, 2, 1]  # shard 1: 2 videos; shard 2: 1 of 2 usable
+    # Two encodes per video (clip, reference): shard 1's 2 videos, shard 2's one usable video.
+    assert [c.calls for c in counters] == [0, 4, 2]
     for name, mtime in times.items():
         assert (resumed / name).stat().st_mtime_ns == mtime, name
     _same_records(_decoded(one), _decoded(resumed))
