@@ -103,19 +103,19 @@ class CountingEncoders:
     def __init__(self, fail_after: int | None = None):
         self.base, self.calls, self.fail_after = fake_encoders(), 0, fail_after
 
-    def encoders(self) -> prepare.Encoders:
+    def encoders(self, batch: int = 1) -> prepare.Encoders:
         def encode_video(video):
             if self.fail_after is not None and self.calls >= self.fail_after:
                 raise KeyboardInterrupt("killed")
-            self.calls += 1
+            self.calls += len(video)
             return self.base.encode_video(video)
 
-        return prepare.Encoders(encode_video, self.base.encode_text)
+        return prepare.Encoders(encode_video, self.base.encode_text, batch=batch)
 
 
-def _prepare(videos, out, counter, index=0, count=1):
+def _prepare(videos, out, counter, index=0, count=1, batch=1):
     return prepare.prepare(
-        videos, out, clip_spec=CLIP, encoders=counter.encoders(), records_per_shard=2,
+        videos, out, clip_spec=CLIP, encoders=counter.encoders(batch), records_per_shard=2,
         process_index=index, process_count=count,
     )  # fmt: skip
 
@@ -137,16 +137,16 @@ def _same_records(a: dict, b: dict):
 
 
 def test_prepare_with_three_processes_equals_one_and_resumes(seven_videos, tmp_path):
-    """3 processes (run one after the other: the split is a pure function of the index) write
-    the records, shard files and manifest of 1 process. Then a 3-process run is interrupted
-    (process 1 dies inside its shard, process 2 never ran): the rerun encodes only the
-    unfinished videos and leaves finished shards untouched."""
+    """3 processes (run one after the other: the split is a pure function of the index),
+    encoding 2 clips per call, write the records, shard files and manifest of 1 process.
+    Then a 3-process run is interrupted (process 1 dies inside its shard, process 2 never
+    ran): the rerun encodes only the unfinished videos and leaves finished shards untouched."""
     one = tmp_path / "one"
     report = _prepare(seven_videos, one, CountingEncoders())
     assert report.written == 6 and list(report.skipped) == ["v3b.mp4"]
     three = tmp_path / "three"
     for index in (1, 2, 0):  # process 0 writes the manifest once all shards are done
-        _prepare(seven_videos, three, CountingEncoders(), index, 3)
+        _prepare(seven_videos, three, CountingEncoders(), index, 3, batch=2)  # 2 clips a call
     _same_records(_decoded(one), _decoded(three))
     listing = lambda out: sorted(p.name for p in out.glob("train-*"))
     assert listing(one) == listing(three) == [shards.shard_name(k, 4) for k in range(4)]

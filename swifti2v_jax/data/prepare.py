@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from swifti2v_jax.csg import degradation, reference
+from swifti2v_jax.csg import degradation
 from swifti2v_jax.data import records, shards, videos
+from swifti2v_jax.data.encoders import Encoders, build_encoders
 
 REFERENCE_KINDS = ("synthetic", "precomputed", "none")
 DATASET_FILE = "dataset.json"
@@ -59,25 +60,6 @@ class ClipSpec:
             )
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoders:
-    """encode_video: [1, F, H, W, 3] in [-1, 1] -> [1, T, h, w, z] normalised latents;
-    encode_text: list of prompts -> [B, text_len, d] with zero rows past each prompt;
-    encode_reference: (low-res video [1, F, h, w, 3], first frame [1, H, W, 3]) -> z_ref,
-    the hybrid reference builder (None: `encode_video` of `reference.hybrid_reference`)."""
-
-    encode_video: Callable[[np.ndarray], np.ndarray]
-    encode_text: Callable[[list[str]], np.ndarray]
-    temporal_factor: int = 4
-    spatial_factor: int = 16
-    encode_reference: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-
-    def reference(self, video_low: np.ndarray, image: np.ndarray) -> np.ndarray:
-        if self.encode_reference is not None:
-            return np.asarray(self.encode_reference(video_low, image))
-        return np.asarray(self.encode_video(reference.hybrid_reference(video_low, image)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,29 +121,47 @@ def _reference_low(path: Path, clip: np.ndarray, spec: ReferenceSpec, rng, clip_
     )  # fmt: skip
 
 
-def reference_latents(encoders: Encoders, clip: np.ndarray, video_low) -> np.ndarray:
-    """z_ref [T, h, w, z] of a clip [F, H, W, 3] from its low-res video [F, h, w, 3]."""
-    return encoders.reference(np.asarray(video_low)[None], np.asarray(clip[:1]))[0]
+@dataclasses.dataclass
+class _ReadVideo:
+    """A video read, degraded and captioned, waiting for the batched VAE encode."""
+
+    path: Path
+    clip: np.ndarray
+    low: np.ndarray | None  # the Stage I-like video (None: no z_ref)
+    caption: str | None
+    context: np.ndarray
 
 
-def process_video(
-    path: Path,
-    clip_spec: ClipSpec,
-    encoders: Encoders,
-    reference: ReferenceSpec,
-    rng: np.random.Generator,
-    dtype: str,
-) -> dict:
-    """One video -> one record; raises videos.VideoError for an unusable file."""
+def read_video(path, clip_spec: ClipSpec, encoders: Encoders, reference: ReferenceSpec, rng):
+    """Everything but the VAE for one video; raises videos.VideoError for an unusable file."""
     clip = videos.read_clip(
         path, clip_spec.num_frames, clip_spec.height, clip_spec.width, clip_spec.frame_stride
     )
-    latents = np.asarray(encoders.encode_video(clip[None]))[0]
     low = _reference_low(path, clip, reference, rng, clip_spec)
-    z_ref = latents if low is None else reference_latents(encoders, clip, low)
-    caption = videos.read_caption(path) or ""
-    context = records.trim_context(np.asarray(encoders.encode_text([caption]))[0])
-    return records.make_record(latents, z_ref, context, caption, path.stem, dtype)
+    caption = videos.read_caption(path)
+    context = records.trim_context(np.asarray(encoders.encode_text([caption or ""]))[0])
+    return _ReadVideo(path, clip, low, caption, context)
+
+
+def encode_videos(items: list[_ReadVideo], encoders: Encoders, dtype: str) -> list[dict]:
+    """The records of read videos: one VAE call for all clips, one for all references."""
+    clips = np.stack([item.clip for item in items])
+    latents = np.asarray(encoders.encode_video(clips))
+    z_ref = latents
+    if items[0].low is not None:
+        z_ref = encoders.reference(np.stack([item.low for item in items]), clips[:, 0])
+    return [
+        records.make_record(
+            latents[i], z_ref[i], item.context, item.caption or "", item.path.stem, dtype
+        )
+        for i, item in enumerate(items)
+    ]
+
+
+def process_video(path, clip_spec, encoders, reference, rng, dtype) -> dict:
+    """One video -> one record; raises videos.VideoError for an unusable file."""
+    item = read_video(path, clip_spec, encoders, reference, rng)
+    return encode_videos([item], encoders, dtype)[0]
 
 
 def iterate_records(
@@ -177,27 +177,32 @@ def iterate_records(
     indices: Sequence[int] | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """(name, record) for every usable video in sorted order (or the videos at `indices` of
-    that order); failures go to `report`. A record's randomness comes from its video's index
-    in the whole folder, never from which videos are prepared together."""
+    that order); failures go to `report`. Clips are VAE-encoded `encoders.batch` at a time. A
+    record's randomness comes from its video's index in the whole folder, never from which
+    videos are prepared together."""
     clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
     paths = videos.list_videos(video_dir)
     selected = range(len(paths)) if indices is None else indices
+    rng_for = lambda index: np.random.default_rng((seed, index))
+    last = len(selected) - 1
     if progress:
         from swifti2v_jax import progress as progress_lib
 
         selected = progress_lib.bar(selected, desc="preparing", unit="video")
-    for index in selected:
+    pending: list[_ReadVideo] = []
+    for position, index in enumerate(selected):
         path = paths[index]
-        rng = np.random.default_rng((seed, index))
         try:
-            record = process_video(path, clip_spec, encoders, reference, rng, dtype)
+            pending.append(read_video(path, clip_spec, encoders, reference, rng_for(index)))
         except videos.VideoError as error:
             report.skipped[path.name] = str(error)
-            continue
-        if videos.read_caption(path) is None:
-            report.missing_captions.append(path.name)
-        report.written += 1
-        yield path.stem, record
+        if pending and (len(pending) == encoders.batch or position == last):
+            for item, record in zip(pending, encode_videos(pending, encoders, dtype)):
+                if item.caption is None:
+                    report.missing_captions.append(item.path.name)
+                report.written += 1
+                yield item.path.stem, record
+            pending = []
 
 
 def prepare(
@@ -341,74 +346,6 @@ def write_dataset(
 def read_dataset_info(data_dir) -> dict | None:
     file = Path(data_dir) / DATASET_FILE
     return json.loads(file.read_text()) if file.is_file() else None
-
-
-def build_encoders(
-    vae_dir: str,
-    *,
-    t5_dir: str | None = None,
-    tokenizer_dir: str | None = None,
-    text_embeddings_dir: str | None = None,
-    text_len: int = 512,
-) -> Encoders:
-    """Encoders from converted model directories (`python -m conversion` output)."""
-    from swifti2v_jax import checkpoints, text
-    from swifti2v_jax.models import vae
-
-    vae_config, vae_params = checkpoints.load(vae_dir, kind="vae")
-    vae_config = vae.as_config(vae_config)
-
-    def encode_video(video):
-        return np.asarray(vae.encode(vae_params, vae_config, video))
-
-    def encode_reference(video_low, image):
-        return np.asarray(
-            reference.encode_hybrid_reference(vae_params, vae_config, video_low, image)
-        )
-
-    if text_embeddings_dir is not None:
-        encode_text = _PrecomputedText(Path(text_embeddings_dir), text_len)
-    else:
-        if t5_dir is None:
-            raise ValueError("give --t5 (a converted umT5 directory) or --text-embeddings")
-        t5_config, t5_params = checkpoints.load(t5_dir, kind="t5")
-        if tokenizer_dir is None:
-            guess = Path(t5_dir).parent / "tokenizer"
-            if not guess.is_dir():
-                raise ValueError(f"no --tokenizer given and {guess} does not exist")
-            tokenizer_dir = str(guess)
-        tokenizer = text.Tokenizer(tokenizer_dir, text_len=text_len)
-
-        def encode_text(prompts):
-            return text.encode_prompts(t5_params, t5_config, tokenizer, prompts, text_len)
-
-    return Encoders(
-        encode_video=encode_video,
-        encode_text=encode_text,
-        temporal_factor=vae.temporal_factor(vae_config),
-        spatial_factor=vae.spatial_factor(vae_config),
-        encode_reference=encode_reference,
-    )
-
-
-class _PrecomputedText:
-    """Text embeddings precomputed elsewhere: `<folder>/<sha1 of the caption>.npy`."""
-
-    def __init__(self, folder: Path, text_len: int):
-        if not folder.is_dir():
-            raise ValueError(f"--text-embeddings folder {folder} does not exist")
-        self.folder, self.text_len = folder, text_len
-
-    def __call__(self, prompts):
-        import hashlib
-
-        out = []
-        for prompt in prompts:
-            file = self.folder / f"{hashlib.sha1(prompt.encode()).hexdigest()}.npy"
-            if not file.is_file():
-                raise videos.VideoError(f"no precomputed text embedding {file.name} for caption")
-            out.append(records.pad_context(np.load(file), self.text_len))
-        return np.stack(out)
 
 
 def parse_args(argv):
