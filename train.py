@@ -10,6 +10,8 @@ Running the same command again resumes from the newest complete checkpoint in WO
 stopped before its first checkpoint (an error, SIGTERM or Ctrl-C during setup), it removes
 what it created in WORKDIR. A configuration problem is one line on stderr (swifti2v_jax/cli.py).
 Outputs: WORKDIR/checkpoints (Orbax), WORKDIR/metrics.jsonl, WORKDIR/tb (TensorBoard events).
+Several hosts run the same command (`--config.distributed=True` on a Cloud TPU slice, or under
+swifti2v_jax/launch.py on one machine); docs/sharding.md ("Several processes").
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ def test_prepare_with_three_processes_equals_one_and_resumes(seven_videos, tmp_p
 @pytest.mark.slow
 def test_prepare_cli_on_three_processes(seven_videos, tmp_path):
     """Real processes under the launcher: the prepare command (tiny converted models) on 3
-    processes writes the records of the same command on 1."""
+    processes with 2 devices each (2 clips per VAE call, one per device) writes the records
+    of the same command on 1 process with 1 device."""
     pytest.importorskip("torch")
     from tests.test_data import _save_tiny_models
 
@@ -195,7 +196,8 @@ def test_prepare_cli_on_three_processes(seven_videos, tmp_path):
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     three = subprocess.run(
-        [sys.executable, "-m", "swifti2v_jax.launch", "--processes", "3", "--", *args,
+        [sys.executable, "-m", "swifti2v_jax.launch", "--processes", "3",
+         "--devices-per-process", "2", "--", *args,
          f"--out={tmp_path / 'three'}"],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
