@@ -15,7 +15,7 @@ from absl import flags
 
 from swifti2v_jax import launch
 from swifti2v_jax.data import loader, prepare, records, shards, synthetic
-from swifti2v_jax.training import sharding
+from swifti2v_jax.training import checkpointing, sharding
 from tests.test_data import CLIP, fake_encoders, write_video
 
 WINDOW = loader.WindowSpec(noisy_blocks=2, neighbours=1, text_len=8)
@@ -60,6 +60,16 @@ def test_process_rows_of_a_one_process_mesh():
     mesh = sharding.make_mesh(1)
     assert sharding.process_rows(mesh, 4) == (0, 4)
     assert sharding.check_batch_size(4, mesh) == (0, 4)
+
+
+def test_resume_needs_the_same_process_count(tmp_path):
+    data = tmp_path / "7" / "data"
+    data.mkdir(parents=True)
+    checkpointing.check_process_count(tmp_path / "7")  # no iterator state: nothing to check
+    for index in range(2):
+        (data / f"process_{index}-of-2.json").write_text("{}")
+    with pytest.raises(ValueError, match="written by 2 process"):
+        checkpointing.check_process_count(tmp_path / "7")
 
 
 def test_launcher_environment_exit_codes_and_prefixes(tmp_path):
