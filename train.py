@@ -53,9 +53,9 @@ def train(config, workdir: Path) -> int:
     experiment.check_data_against_model(data_info, model_config, config)
     experiment.check_windows(config, data_info)
     logging.info(
-        "mesh %s (fsdp=%s), global batch %d, process %d of %d reads rows [%d, %d)",
+        "mesh %s (fsdp=%s), global batch %d, process %d of %d reads rows %s",
         dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_index(),
-        jax.process_count(), batch_rows[0], sum(batch_rows),
+        jax.process_count(), list(batch_rows),
     )  # fmt: skip
 
     # --- state layout (restored or initialised by the loop) and the step

@@ -38,28 +38,38 @@ def test_process_rows_rebuild_the_one_process_batches(processes):
     source = synthetic.SyntheticSource(synthetic.SyntheticSpec(num_records=12, num_blocks=5))
     whole = _batches(source, None, count=4)
     rows = 8 // processes
-    parts = [_batches(source, (p * rows, rows), count=4) for p in range(processes)]
+    parts = [_batches(source, range(p * rows, (p + 1) * rows), count=4) for p in range(processes)]
     for step, batch in enumerate(whole):
         for name, value in batch.items():
             glued = np.concatenate([part[step][name] for part in parts])
             np.testing.assert_array_equal(glued, value, err_msg=f"{name} at step {step}")
     with pytest.raises(ValueError, match="outside a batch"):
-        _batches(source, (6, 4))
+        _batches(source, (6, 8))
+
+
+def test_rows_need_not_be_one_block():
+    """A TPU mesh may give a process rows that are not one block: any ascending rows work,
+    as jax.make_array_from_process_local_data takes them (rows in ascending order)."""
+    source = synthetic.SyntheticSource(synthetic.SyntheticSpec(num_records=12, num_blocks=5))
+    whole = _batches(source, None, count=2)
+    odd = _batches(source, (1, 3, 5, 7), count=2)
+    for batch, part in zip(whole, odd):
+        np.testing.assert_array_equal(part["latents"], batch["latents"][1::2])
 
 
 def test_process_rows_do_not_depend_on_grain_workers():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (train.py parses)
     source = synthetic.SyntheticSource(synthetic.SyntheticSpec(num_records=12, num_blocks=5))
     whole = _batches(source, None, count=3)
-    second_half = _batches(source, (4, 4), worker_count=2, count=3)  # process 1 of 2
+    second_half = _batches(source, range(4, 8), worker_count=2, count=3)  # process 1 of 2
     for batch, part in zip(whole, second_half):
         np.testing.assert_array_equal(part["latents"], batch["latents"][4:])
 
 
 def test_process_rows_of_a_one_process_mesh():
     mesh = sharding.make_mesh(1)
-    assert sharding.process_rows(mesh, 4) == (0, 4)
-    assert sharding.check_batch_size(4, mesh) == (0, 4)
+    assert sharding.process_rows(mesh, 4) == (0, 1, 2, 3)
+    assert sharding.check_batch_size(4, mesh) == (0, 1, 2, 3)
 
 
 def test_resume_needs_the_same_process_count(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import grain
@@ -127,7 +128,7 @@ def tfds_source(dataset_dir: str | os.PathLike, split: str = "train"):
 
 
 class GlobalBatchRows:
-    """A grain sampler: this process's rows [first, first + rows) of every global batch of
+    """A grain sampler: this process's `rows` (ascending) of every global batch of
     `global_batch` positions of `sampler`'s sequence.
 
     grain's DataLoader batches worker w's local indices w, w + W, w + 2W, ... and returns
@@ -135,22 +136,25 @@ class GlobalBatchRows:
     the mapping keeps that batch = the global batch of the same number, for any worker count.
     """
 
-    def __init__(self, sampler, global_batch: int, first: int, rows: int, worker_count: int):
-        if not (0 <= first and rows >= 1 and first + rows <= global_batch):
-            raise ValueError(f"rows [{first}, {first + rows}) outside a batch of {global_batch}")
+    def __init__(self, sampler, global_batch: int, rows, worker_count: int):
+        self.rows = tuple(int(row) for row in rows)
+        if not self.rows or list(self.rows) != sorted(set(self.rows)):
+            raise ValueError(f"rows must be ascending and distinct, got {self.rows}")
+        if self.rows[0] < 0 or self.rows[-1] >= global_batch:
+            raise ValueError(f"rows {self.rows} outside a batch of {global_batch}")
         self.sampler, self.global_batch = sampler, global_batch
-        self.first, self.rows, self.workers = first, rows, max(1, worker_count)
+        self.workers = max(1, worker_count)
 
     def __getitem__(self, index: int):
         worker, in_worker = index % self.workers, index // self.workers
-        batch, row = divmod(in_worker, self.rows)
-        position = (batch * self.workers + worker) * self.global_batch + self.first + row
+        batch, row = divmod(in_worker, len(self.rows))
+        position = (batch * self.workers + worker) * self.global_batch + self.rows[row]
         return self.sampler[position]
 
     def __repr__(self) -> str:  # grain checks it against the checkpointed iterator
         return (
             f"GlobalBatchRows({self.sampler!r}, global_batch={self.global_batch}, "
-            f"first={self.first}, rows={self.rows}, workers={self.workers})"
+            f"rows={list(self.rows)}, workers={self.workers})"
         )
 
 
@@ -163,17 +167,18 @@ def make_loader(
     shuffle: bool = True,
     num_epochs: int | None = None,
     worker_count: int = 0,
-    rows: tuple[int, int] | None = None,
+    rows: Sequence[int] | None = None,
     expected_blocks: int | None = None,
 ) -> grain.DataLoader:
     """A grain DataLoader of this process's batches.
 
-    `batch_size` is the global batch; `rows` = (first, count): the rows of each global batch
-    this process reads (training/sharding.process_rows); None: all of them (one process).
+    `batch_size` is the global batch; `rows`: the rows of each global batch this process
+    reads (training/sharding.process_rows); None: all of them (one process).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    first, count = (0, batch_size) if rows is None else rows
+    rows = tuple(range(batch_size)) if rows is None else tuple(rows)
+    count = len(rows)
     sample = lambda shard_options: grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=shard_options,
@@ -181,7 +186,7 @@ def make_loader(
         num_epochs=num_epochs,
         seed=seed,
     )
-    if count == batch_size and worker_count <= 1:
+    if rows == tuple(range(batch_size)) and worker_count <= 1:
         # The slicing would be the identity: the plain sampler. With one process,
         # ShardByJaxProcess is no sharding and keeps the sampler's repr (grain checks it on
         # restore) that of checkpoints written before GlobalBatchRows existed.
@@ -193,7 +198,7 @@ def make_loader(
         )
     else:
         sampler = GlobalBatchRows(
-            sample(grain.sharding.NoSharding()), batch_size, first, count, worker_count
+            sample(grain.sharding.NoSharding()), batch_size, rows, worker_count
         )
     operations = [
         ToWindow(window, expected_blocks),

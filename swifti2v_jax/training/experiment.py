@@ -130,7 +130,7 @@ def tokens_per_example(info: DataInfo, model: dit.DiTConfig, config) -> int:
 
 
 def make_loader(config, source, info: DataInfo, batch_size: int, rows=None):
-    """Global batches of `batch_size`; `rows` (first, count): this process's part of each."""
+    """Global batches of `batch_size`; `rows`: this process's rows of each (None: all)."""
     return loader_lib.make_loader(
         source,
         batch_size=batch_size,
@@ -217,7 +217,7 @@ def resolve_batch_size(config, mesh) -> None:
         config.batch_size = per_device * mesh.size
 
 
-def check_batch(config, mesh) -> tuple[int, int]:
-    """This process's rows (first, count) of the global batch (batch_size >= 1 is
-    loop.check_config's rule)."""
+def check_batch(config, mesh) -> tuple[int, ...]:
+    """This process's rows of the global batch (batch_size >= 1 is loop.check_config's
+    rule)."""
     return sharding.check_batch_size(config.batch_size, mesh)

@@ -105,20 +105,21 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     }
 
 
-def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, int]:
-    """-> (first row, row count) of the global batch held by this process's devices (the
-    rows its data loader reads). The mesh's device order decides it, not the process index."""
+def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, ...]:
+    """-> the rows of the global batch held by this process's devices, ascending (the rows its
+    data loader reads, in the order `global_batch` expects them). The mesh's device order
+    decides them, not the process index: on a TPU slice they need not be one block."""
     indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
     rows = sorted({i for index in indices.values() for i in range(global_batch_size)[index[0]]})
-    if not rows or rows != list(range(rows[0], rows[-1] + 1)):
+    if not rows:
         raise ValueError(
-            f"process {jax.process_index()} holds no contiguous block of the batch on this "
-            f"mesh ({dict(mesh.shape)}); use all devices (mesh.num_devices=-1)"
+            f"process {jax.process_index()} has no device in the mesh ({dict(mesh.shape)}); "
+            "use all devices (mesh.num_devices=-1)"
         )
-    return rows[0], len(rows)
+    return tuple(rows)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> tuple[int, int]:
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> tuple[int, ...]:
     """-> `process_rows`; the global batch must split evenly over the mesh's devices."""
     devices = mesh.size
     if global_batch_size % devices:
