@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 from absl import flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from swifti2v_jax import checkpoints, cli, launch
@@ -115,10 +116,12 @@ def train(config, workdir: Path) -> int:
 def export_model(out_dir: Path, state, parameters, model_config, use_ema: bool, step: int):
     """WORKDIR/model: the finished run's DiT (EMA if kept, LoRA merged) as a model directory
     that sample.py loads (--config.checkpoints.stage2=...)."""
-    if jax.process_count() > 1:  # FSDP shards live on other hosts: use the Orbax checkpoint
-        logging.info("multi-host run: no %s export (sample from the Orbax checkpoint)", out_dir)
+    # Every process takes part in the gather (FSDP shards live on all of them); 0 writes.
+    trainable = multihost_utils.process_allgather(
+        state.ema_params if use_ema else state.params, tiled=True
+    )
+    if jax.process_index() != 0:
         return
-    trainable = jax.device_get(state.ema_params if use_ema else state.params)
     params = jax.device_get(parameters.compose(trainable, parameters.frozen))
     checkpoints.save(out_dir, "dit", model_config.to_dict(), params, trained_steps=step)
     logging.info("exported the trained model to %s", out_dir)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from swifti2v_jax import checkpoints
 from tests.test_training import REPO, _env, _losses, _train_command
 
 STEPS = 6
@@ -79,6 +80,8 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
     assert _max_difference(state_one["params"], state_two["params"]) < 1e-6
     assert _max_difference(state_one["params"], state_two["params"]) > 0  # really two programs
     assert len(list((two / "tb").iterdir())) == 1  # one event file: process 0's
+    _, exported = checkpoints.load(two / "model", kind="dit")  # gathered from both processes
+    assert _max_difference(exported, state_two["ema_params"]) == 0
 
     # SIGTERM to process 1 only, once process 0 has logged step 1: both save the same step.
     interrupted = tmp_path / "interrupted"
