@@ -32,6 +32,7 @@ NUM_PROCESSES = "SWIFTI2V_NUM_PROCESSES"
 PROCESS_ID = "SWIFTI2V_PROCESS_ID"
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 FAILURE_GRACE_SECONDS = 10.0
+SIGNAL_GRACE_SECONDS = 300.0
 
 
 def initialize(distributed: bool = False) -> None:
@@ -113,8 +114,11 @@ def launch(command: list[str], processes: int, devices: int, port: int | None = 
             thread.start()
             threads.append(thread)
 
+    signalled_at = []
+
     def relay(signum, frame):
         del frame
+        signalled_at.append(time.time())
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -126,7 +130,10 @@ def launch(command: list[str], processes: int, devices: int, port: int | None = 
             codes = [child.poll() for child in children]
             if failed_at is None and any(c not in (None, 0) for c in codes):
                 failed_at = time.time()
-            if failed_at is not None and time.time() - failed_at > FAILURE_GRACE_SECONDS:
+            # A child that failed leaves its peers waiting; a signalled one that hangs (JAX
+            # turns SIGTERM into a preemption notice) is killed after the save's grace period.
+            late = signalled_at and time.time() - signalled_at[0] > SIGNAL_GRACE_SECONDS
+            if late or (failed_at is not None and time.time() - failed_at > FAILURE_GRACE_SECONDS):
                 for child in children:
                     if child.poll() is None:
                         child.kill()

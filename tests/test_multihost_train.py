@@ -37,12 +37,23 @@ def _launch(workdir: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [*launcher, "--devices-per-process", "4", "--", *_command(workdir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )  # fmt: skip
+
+
+def _kill_if_running(launcher: subprocess.Popen) -> None:
+    """After a failure or timeout: the launcher and its children (one process group)."""
+    if launcher.poll() is None:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
 
 
 def _run_launch(workdir: Path, env: dict) -> str:
     process = _launch(workdir, env)
-    output, _ = process.communicate(timeout=600)
+    try:
+        output, _ = process.communicate(timeout=600)
+    finally:
+        _kill_if_running(process)
     assert process.returncode == 0, output[-4000:]
     return output
 
@@ -96,7 +107,10 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
         time.sleep(0.05)
     pids = dict(re.findall(r"launch: process (\d) pid (\d+)", "".join(lines)))
     os.kill(int(pids["1"]), signal.SIGTERM)
-    launch.wait(timeout=300)
+    try:
+        launch.wait(timeout=300)
+    finally:
+        _kill_if_running(launch)
     reader.join()
     output = "".join(lines)
     assert launch.returncode == 0, output[-4000:]
