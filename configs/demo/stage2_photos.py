@@ -20,5 +20,6 @@ from configs.demo import stage2_rollout
 
 def get_config() -> ml_collections.ConfigDict:
     config = stage2_rollout.get_config()
-    config.num_steps = 2500
+    config.num_steps = 900  # what the shared 2 cores allowed beside Stage I (about 35 min)
+    config.checkpoint.every = 150
     return config
