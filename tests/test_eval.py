@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from swifti2v_jax.csg import reference
-from swifti2v_jax.data import procedural
+from swifti2v_jax.data import photos, procedural
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.eval import demo_quality, metrics
 from swifti2v_jax.models import vae
@@ -98,6 +98,23 @@ def test_demo_quality_runs_end_to_end(tmp_path, monkeypatch):
         result["per_clip"][0]["vae_oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high),
         rtol=1e-5,
     )  # fmt: skip
+    assert len(summary["follows"]["psnr_per_frame"]) == 13
+
+    # The held-out photographs set: the same protocols on data/photos.py's held-out clips.
+    photo = demo_quality.run(
+        weights, tmp_path / "photos", clips=1, frames=13, height=128, width=256,
+        clip_set="photos",
+    )  # fmt: skip
+    high, low = photos.render_pair(
+        demo_quality.FIRST_HELD_OUT_SEED, 13, 128, 256, 4, split="held_out"
+    )
+    upsampled = np.array(reference.resize_frames(jnp.asarray(low[None]), 128, 256)[0])
+    upsampled[0] = high[0]
+    np.testing.assert_allclose(
+        photo["per_clip"][0]["oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high), rtol=1e-6
+    )
+    assert photo["settings"]["clip_set"] == "photos"
+    assert "held-out photos clips" in (tmp_path / "photos" / "demo_quality.md").read_text()
 
 
 def test_frame_strip_layout_and_errors():

@@ -42,8 +42,14 @@ from pathlib import Path
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
-    "dit": ("stage1_photos/model", "Stage I (TI2V-style, 32x16)"),
-    "stage2": ("stage2_photos/model", "Stage II (concat, 128x64 CSG windows)"),
+    "dit": (
+        "stage1_photos/model",
+        "Stage I (TI2V-style, 32x16; procedural + photographs, continuation)",
+    ),
+    "stage2": (
+        "stage2_photos/model",
+        "Stage II (concat, 128x64 CSG windows; procedural + photographs)",
+    ),
     "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4, z=12"),
     "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
     "tokenizer": ("random/tokenizer", "demo tokenizer"),

@@ -199,6 +199,15 @@ def _scores(video, truth) -> dict:
     }
 
 
+def clip_gains(per_clip: list[dict], protocol: str) -> list[float]:
+    """Per clip: mean PSNR of Stage II minus that of bicubic, frames 1.."""
+    return [
+        float(np.mean(clip[f"{protocol}/stage2"]["psnr"][1:]))
+        - float(np.mean(clip[f"{protocol}/bicubic"]["psnr"][1:]))
+        for clip in per_clip
+    ]
+
+
 def summarise(per_clip: list[dict], segments: list[list[int]]) -> dict:
     names = per_clip[0].keys()
     summary = {}
@@ -213,11 +222,7 @@ def summarise(per_clip: list[dict], segments: list[list[int]]) -> dict:
             "ssim_per_segment": [float(ssim[:, f].mean()) for f in segments],
         }
     for protocol in PROTOCOLS:
-        gains = [
-            np.mean(clip[f"{protocol}/stage2"]["psnr"][1:])
-            - np.mean(clip[f"{protocol}/bicubic"]["psnr"][1:])
-            for clip in per_clip
-        ]
+        gains = clip_gains(per_clip, protocol)
         summary[f"{protocol}/stage2_minus_bicubic_psnr"] = {
             "mean": float(np.mean(gains)),
             "min": float(np.min(gains)),
@@ -258,6 +263,10 @@ def markdown(result: dict) -> str:
             f"{s[f'{p}/stage2_minus_bicubic_psnr']['clips_where_stage2_wins']}/{cfg['clips']}"
             for p in PROTOCOLS
         ),
+        "",
+        "Per clip, Stage II minus bicubic (pipeline): "
+        + ", ".join(f"{g:+.2f}" for g in clip_gains(result["per_clip"], "pipeline"))
+        + " dB.",
         "",
         "PSNR per CSG segment (frames of its noisy blocks), bidirectional vs read-only:",
         "",
