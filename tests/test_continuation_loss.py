@@ -11,7 +11,7 @@ import pytest
 from swifti2v_jax.training import loss as loss_lib
 
 
-def _stage1_batch(batch=64, window=6, hw=2, channels=3, seed=0):
+def _stage1_batch(batch=32, window=6, hw=2, channels=3, seed=0):
     """A Stage I (end-to-end) window batch: block 0 is the image, every other block noisy."""
     rng = np.random.default_rng(seed)
     latents = rng.standard_normal((batch, window, hw, hw, channels)).astype(np.float32)
@@ -32,7 +32,7 @@ def _oracle(x_s, timesteps, x0):
 
 def test_clean_leading_frames_rule():
     batch = _stage1_batch()
-    keys = jax.random.split(jax.random.PRNGKey(0), 64)
+    keys = jax.random.split(jax.random.PRNGKey(0), 32)
     config = loss_lib.LossConfig(
         conditioning="none", timestep_sampling="uniform", max_clean_frames=3
     )

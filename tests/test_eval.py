@@ -100,21 +100,16 @@ def test_demo_quality_runs_end_to_end(tmp_path, monkeypatch):
     )  # fmt: skip
     assert len(summary["follows"]["psnr_per_frame"]) == 13
 
-    # The held-out photographs set: the same protocols on data/photos.py's held-out clips.
-    photo = demo_quality.run(
-        weights, tmp_path / "photos", clips=1, frames=13, height=128, width=256,
-        clip_set="photos",
-    )  # fmt: skip
-    high, low = photos.render_pair(
-        demo_quality.FIRST_HELD_OUT_SEED, 13, 128, 256, 4, split="held_out"
-    )
-    upsampled = np.array(reference.resize_frames(jnp.asarray(low[None]), 128, 256)[0])
-    upsampled[0] = high[0]
-    np.testing.assert_allclose(
-        photo["per_clip"][0]["oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high), rtol=1e-6
-    )
-    assert photo["settings"]["clip_set"] == "photos"
-    assert "held-out photos clips" in (tmp_path / "photos" / "demo_quality.md").read_text()
+
+def test_photo_set_is_the_held_out_photographs():
+    """demo_quality --set photos evaluates data/photos.py's held-out clips, nothing else."""
+    seed = demo_quality.FIRST_HELD_OUT_SEED + 3
+    high, low, prompt = demo_quality.CLIP_SETS["photos"](seed, 5, 32, 64, 4)
+    expected_high, expected_low = photos.render_pair(seed, 5, 32, 64, 4, split="held_out")
+    np.testing.assert_array_equal(high, expected_high)
+    np.testing.assert_array_equal(low, expected_low)
+    scene = photos.random_photo_scene(seed, "held_out")
+    assert set(scene.photos) <= set(photos.HELD_OUT_PHOTOS) and prompt == photos.caption(scene)
 
 
 def test_frame_strip_layout_and_errors():
