@@ -10,7 +10,9 @@ data preparation and the demo data set all call `encode_hybrid_reference`, so a 
 trained on exactly the references it is sampled with.
 
 `encode_hybrid_reference` never materialises the full-resolution video: it upsamples one
-encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE encoder.
+encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE encoder;
+`HybridReferenceEncoder` does the same for a low-res video that arrives piece by piece (the
+streaming pipeline pushes each Stage I chunk as it is decoded).
 """
 
 from __future__ import annotations
@@ -60,6 +62,52 @@ def hybrid_reference(video_low: jax.Array, image: jax.Array) -> jax.Array:
     return jnp.concatenate([image[:, None].astype(jnp.float32), rest], axis=1)
 
 
+class HybridReferenceEncoder:
+    """z_ref of the hybrid reference, fed the low-res video piece by piece (streaming).
+
+    `push(frames [B, n, h, w, 3])` takes the next decoded low-res frames (clip frame 0 first,
+    which is replaced by the image) and returns the z_ref blocks they complete, or None.
+    Frames are upsampled and encoded in the groups `encode_hybrid_reference` uses ([frame 0],
+    then `temporal_factor` at a time) with the encoder cache carried over, so any grouping of
+    pushes gives the same latents bit for bit, holding at most one group of frames.
+    """
+
+    def __init__(self, vae_params, vae_config, image: jax.Array):
+        if image.ndim != 4 or image.shape[-1] != 3:
+            raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
+        self.image = image
+        self.config = vae_lib.as_config(vae_config)
+        self.step = vae_lib.temporal_factor(self.config)
+        self.encoder = vae_lib.StreamingEncoder(vae_params, self.config)
+        self.frames_in = 0
+        self._pending = None  # low-res frames waiting for a full group
+
+    def push(self, video_low: jax.Array) -> jax.Array | None:
+        _check(video_low, self.image)
+        height, width = self.image.shape[1:3]
+        self.frames_in += video_low.shape[1]
+        latents = []
+        if self.encoder.frames_in == 0 and video_low.shape[1]:
+            latents.append(self.encoder.push(self.image[:, None].astype(jnp.float32)))
+            video_low = video_low[:, 1:]  # clip frame 0 is the image
+        if self._pending is not None:
+            video_low = jnp.concatenate([self._pending, video_low], axis=1)
+        usable = video_low.shape[1] // self.step * self.step
+        for start in range(0, usable, self.step):
+            chunk = resize_frames(video_low[:, start : start + self.step], height, width)
+            latents.append(self.encoder.push(chunk))
+        self._pending = video_low[:, usable:] if usable < video_low.shape[1] else None
+        return jnp.concatenate(latents, axis=1) if latents else None
+
+    def finish(self) -> None:
+        if self._pending is not None:
+            raise ValueError(
+                f"video_low needs {self.step}k+1 frames, got {self.frames_in} "
+                f"({self._pending.shape[1]} left over)"
+            )
+        self.encoder.finish()
+
+
 def encode_hybrid_reference(
     vae_params,
     vae_config,
@@ -79,14 +127,12 @@ def encode_hybrid_reference(
     frames = video_low.shape[1]
     if (frames - 1) % step:
         raise ValueError(f"video_low needs {step}k+1 frames, got {frames}")
-    height, width = image.shape[1:3]
-    encoder = vae_lib.StreamingEncoder(vae_params, config)
-    latents = [encoder.push(image[:, None].astype(jnp.float32))]
+    encoder = HybridReferenceEncoder(vae_params, config, image)
+    latents = [encoder.push(video_low[:, :1])]
     if on_chunk is not None:
         on_chunk(1)
     for start in range(1, frames, step):
-        chunk = resize_frames(video_low[:, start : start + step], height, width)
-        latents.append(encoder.push(chunk))
+        latents.append(encoder.push(video_low[:, start : start + step]))
         if on_chunk is not None:
             on_chunk(len(latents))
     encoder.finish()

@@ -7,6 +7,7 @@ preset one of
                      Lightning 4-step LoRAs merged at conversion (640x352, 4 Euler steps,
                      shift 5, no CFG, expert boundary 0.9); Stage II = Wan2.2-TI2V-5B in
                      training-free `refine` mode at 2560x1408, 81 frames, CSG M=3, N=1.
+                     Any --frames (4k+1, e.g. 1001): Stage I then runs in chunks of 81.
                      Needs --stage1_checkpoints (converted A14B) and --checkpoints (TI2V-5B).
   swifti2v_2k_ti2v   as above but Stage I is TI2V-5B itself (one conversion, --checkpoints).
   swifti2v_2k_concat as swifti2v_2k with a trained `concat` Stage II (--stage2 DIR).
@@ -70,7 +71,7 @@ def _base() -> ml_collections.ConfigDict:
             guide_scale=1.0,  # CFG (high-noise expert for a14b); 1.0 = no CFG
             guide_scale_low=-1.0,  # a14b low-noise expert; < 0 = same as guide_scale
             boundary=0.9,  # a14b expert switch: t >= boundary * 1000 -> high-noise expert
-            # Long clips (ti2v): Stage I in chunks of this many latent frames (0 = one pass;
+            # Long clips: Stage I in chunks of this many latent frames (0 = one pass;
             # 21 latents = 81 frames, Wan2.2's training length), each continuing from the
             # previous chunk's last `overlap` latent frames held clean.
             chunk_latents=0,
@@ -156,6 +157,9 @@ def swifti2v_2k() -> ml_collections.ConfigDict:
         guide_scale=1.0,
         guide_scale_low=-1.0,
         boundary=0.9,
+        # Clips longer than 81 frames (no upper limit: the streamed pipeline's memory and
+        # programs do not depend on the length): chunks of 21 latents, Wan2.2's 81 frames.
+        chunk_latents=21,
     )
     c.stage2.update(
         conditioning="refine",
