@@ -10,6 +10,8 @@ Running the same command again resumes from the newest complete checkpoint in WO
 stopped before its first checkpoint (an error, SIGTERM or Ctrl-C during setup), it removes
 what it created in WORKDIR. A configuration problem is one line on stderr (swifti2v_jax/cli.py).
 Outputs: WORKDIR/checkpoints (Orbax), WORKDIR/metrics.jsonl, WORKDIR/tb (TensorBoard events).
+Several hosts run the same command (`--config.distributed=True` on a Cloud TPU slice, or under
+swifti2v_jax/launch.py on one machine); docs/sharding.md ("Several processes").
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 
 import jax
 from absl import flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from swifti2v_jax import checkpoints, cli
+from swifti2v_jax import checkpoints, cli, launch
 from swifti2v_jax.training import experiment, loop, optim, sharding, vae_training
 from swifti2v_jax.training import state as state_lib
 from swifti2v_jax.training import step as step_lib
@@ -46,13 +49,14 @@ def train(config, workdir: Path) -> int:
     )
     experiment.resolve_batch_size(config, mesh)
     loop.check_config(config)
-    per_host_batch = experiment.check_batch(config, mesh)
+    batch_rows = experiment.check_batch(config, mesh)
     source, data_info = experiment.make_source(config)
     experiment.check_data_against_model(data_info, model_config, config)
     experiment.check_windows(config, data_info)
     logging.info(
-        "mesh %s (fsdp=%s), global batch %d, %d process(es)",
-        dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_count(),
+        "mesh %s (fsdp=%s), global batch %d, process %d of %d reads rows %s",
+        dict(mesh.shape), config.mesh.fsdp, config.batch_size, jax.process_index(),
+        jax.process_count(), list(batch_rows),
     )  # fmt: skip
 
     # --- state layout (restored or initialised by the loop) and the step
@@ -96,7 +100,9 @@ def train(config, workdir: Path) -> int:
             state_shardings,
         ),
         init_state=init_state,
-        data_iterator=iter(experiment.make_loader(config, source, data_info, per_host_batch)),
+        data_iterator=iter(
+            experiment.make_loader(config, source, data_info, config.batch_size, batch_rows)
+        ),
         train_step=lambda state, batch: step_fn(state, sharding.global_batch(batch, mesh), frozen),
         learning_rate=optim.learning_rate_schedule(opt_config, config.num_steps),
         export=export,
@@ -110,10 +116,12 @@ def train(config, workdir: Path) -> int:
 def export_model(out_dir: Path, state, parameters, model_config, use_ema: bool, step: int):
     """WORKDIR/model: the finished run's DiT (EMA if kept, LoRA merged) as a model directory
     that sample.py loads (--config.checkpoints.stage2=...)."""
-    if jax.process_count() > 1:  # FSDP shards live on other hosts: use the Orbax checkpoint
-        logging.info("multi-host run: no %s export (sample from the Orbax checkpoint)", out_dir)
+    # Every process takes part in the gather (FSDP shards live on all of them); 0 writes.
+    trainable = multihost_utils.process_allgather(
+        state.ema_params if use_ema else state.params, tiled=True
+    )
+    if jax.process_index() != 0:
         return
-    trainable = jax.device_get(state.ema_params if use_ema else state.params)
     params = jax.device_get(parameters.compose(trainable, parameters.frozen))
     checkpoints.save(out_dir, "dit", model_config.to_dict(), params, trained_steps=step)
     logging.info("exported the trained model to %s", out_dir)
@@ -134,8 +142,10 @@ def main(argv):
     workdir = Path(_WORKDIR.value)
     if workdir.exists() and not workdir.is_dir():
         raise cli.UserError(f"--workdir {workdir} exists and is not a directory")
-    if config.get("distributed", False):
-        jax.distributed.initialize()
+    # Joins the other processes (swifti2v_jax/launch.py, or a TPU slice with distributed=True).
+    launch.initialize(config.get("distributed", False))
+    if config.get("stage") == "vae" and jax.process_count() > 1:
+        raise cli.UserError("the VAE stage trains on one process (training/vae_training.py)")
     # A run stopped (error, signal) before its first checkpoint leaves no half-made workdir.
     with cli.new_outputs(workdir, keep=lambda: _has_checkpoint(workdir)):
         if config.get("stage") == "vae":

@@ -50,7 +50,9 @@ def write_model_dir(path: str | os.PathLike, kind: str, config: dict, params, **
     path.mkdir(parents=True, exist_ok=False)
     with open(path / CONFIG_FILE, "w") as f:
         json.dump({"kind": kind, "config": config, **metadata}, f, indent=2, sort_keys=True)
-    checkpointer = ocp.StandardCheckpointer()
+    # Host arrays written by this process alone (no barrier with the others of a multi-host run).
+    alone = ocp.options.MultiprocessingOptions(jax.process_index(), {jax.process_index()})
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=alone)
     checkpointer.save((path / PARAMS_DIR).absolute(), _to_numpy(params))
     checkpointer.wait_until_finished()
     checkpointer.close()

@@ -103,11 +103,15 @@ def test_prepare_then_grain_round_trip(video_dir, tmp_path, capsys):
         video_dir, out, clip_spec=CLIP, encoders=fake_encoders(), records_per_shard=2
     )
     check_report(report)
+    # Shards are fixed pairs of videos (data/shards.py): [a, b], [broken, c], [short]; the
+    # last one has no usable video, so no file.
     assert sorted(p.name for p in out.iterdir()) == [
+        ".shards",
         "dataset.json",
+        "prepare_job.json",
         "prepare_report.json",
-        "train-00000-of-00002.array_record",
-        "train-00001-of-00002.array_record",
+        "train-00000-of-00003.array_record",
+        "train-00001-of-00003.array_record",
     ]
     info = prepare.read_dataset_info(out)
     assert info["num_records"] == 3 and info["latent_shape"] == [4, 2, 2, Z]
@@ -252,7 +256,7 @@ def test_synthetic_source_is_deterministic_and_windowed():
     with pytest.raises(IndexError):
         a[4]
     window = loader.WindowSpec(noisy_blocks=3, neighbours=1, end_to_end=True, text_len=6)
-    data = loader.make_loader(a, batch_size=2, window=window, seed=0, shard_by_process=False)
+    data = loader.make_loader(a, batch_size=2, window=window, seed=0)
     batch = next(iter(data))
     assert batch["latents"].shape == (2, 5, 4, 4, 48)
     np.testing.assert_array_equal(batch["is_noisy"][0], [False, True, True, True, True])

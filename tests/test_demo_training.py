@@ -16,7 +16,7 @@ from configs import stage2 as stage2_configs
 from configs.demo import vae as demo_vae_config
 from swifti2v_jax import checkpoints
 from swifti2v_jax.csg import reference
-from swifti2v_jax.data import loader, procedural, records
+from swifti2v_jax.data import loader, photos, procedural, records
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.demo import dataset as demo_dataset
 from swifti2v_jax.demo import reproduce
@@ -167,7 +167,7 @@ def test_train_py_exports_the_ema_model(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("name", ["stage2_neighbours", "stage2_rollout"])
+@pytest.mark.parametrize("name", ["stage2_neighbours", "stage2_rollout", "stage2_photos"])
 def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
     """The fine-tune phases need an init checkpoint; the rollout phase also needs records
     with generated latents (the synthetic source has none)."""
@@ -191,14 +191,25 @@ def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
         assert train(config, tmp_path / "b") == 1
 
 
+def test_demo_stage1_photos_is_a_continuation_fine_tune(tmp_path):
+    from configs.demo import stage1_photos
+    from train import train
+
+    config = stage1_photos.get_config()
+    assert config.loss.max_clean_frames == 3 and config.stage == "stage1"
+    with pytest.raises(ValueError, match="init_checkpoint"):
+        train(config, tmp_path / "a")
+
+
 def test_demo_dataset_records_follow_the_sampling_reference(tmp_path):
     demo_build.build(tmp_path / "random", stage1="ti2v")
     out = tmp_path / "data"
     reports = demo_dataset.build(
         tmp_path / "random" / "vae", tmp_path / "random", out, num_clips=2, first_seed=7,
         frames=5, height=64, width=128, factor=4, dtype="float32", progress=False,
+        photo_clips=1,
     )  # fmt: skip
-    assert reports["stage2"].written == 2 and reports["stage1"].written == 2
+    assert reports["stage2"].written == 3 and reports["stage1"].written == 3
     vae_config, vae_params = checkpoints.load(tmp_path / "random" / "vae", kind="vae")
     vae_config = vae.as_config(vae_config)
     source = loader.array_record_source(out / "stage2")
@@ -217,8 +228,15 @@ def test_demo_dataset_records_follow_the_sampling_reference(tmp_path):
     np.testing.assert_allclose(
         low_record["latents"], vae.encode(vae_params, vae_config, low[None])[0], atol=1e-5
     )
+    # the photograph clip (training photos only) after the procedural ones
+    photo_record = records.as_record(source[2])
+    photo_high, _ = photos.render_pair(7, 5, 64, 128, 4, split="train")
+    np.testing.assert_allclose(
+        photo_record["latents"], vae.encode(vae_params, vae_config, photo_high[None])[0], atol=1e-5
+    )
+    assert photo_record["caption"].startswith("a photograph")
     info = json.loads((out / "stage1" / "dataset.json").read_text())
-    assert info["num_records"] == 2 and info["procedural"]["height"] == 16
+    assert info["num_records"] == 3 and info["procedural"]["height"] == 16
     with pytest.raises(ValueError, match="not empty"):
         demo_dataset.build(
             tmp_path / "random" / "vae", tmp_path / "random", out, num_clips=1, frames=5,
@@ -242,5 +260,6 @@ def test_reproduce_export_is_all_or_nothing(tmp_path):
     out = reproduce.export(work, tmp_path / "weights", {"vae": {"seconds": 1.0}})
     assert sorted(p.name for p in out.iterdir()) == sorted([*reproduce.COMPONENTS, "DEMO.json"])
     # the last Stage II phase is what ships as stage2/
-    assert (out / "stage2" / "config.json").read_text() == "stage2_rollout/model"
+    assert (out / "stage2" / "config.json").read_text() == "stage2_photos/model"
+    assert (out / "dit" / "config.json").read_text() == "stage1_photos/model"
     assert json.loads((out / "DEMO.json").read_text())["steps"]["vae"]["seconds"] == 1.0

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from swifti2v_jax.csg import reference
-from swifti2v_jax.data import procedural
+from swifti2v_jax.data import photos, procedural
 from swifti2v_jax.demo import build as demo_build
 from swifti2v_jax.eval import demo_quality, metrics
 from swifti2v_jax.models import vae
@@ -98,6 +98,18 @@ def test_demo_quality_runs_end_to_end(tmp_path, monkeypatch):
         result["per_clip"][0]["vae_oracle/bicubic"]["psnr"], metrics.psnr(upsampled, high),
         rtol=1e-5,
     )  # fmt: skip
+    assert len(summary["follows"]["psnr_per_frame"]) == 13
+
+
+def test_photo_set_is_the_held_out_photographs():
+    """demo_quality --set photos evaluates data/photos.py's held-out clips, nothing else."""
+    seed = demo_quality.FIRST_HELD_OUT_SEED + 3
+    high, low, prompt = demo_quality.CLIP_SETS["photos"](seed, 5, 32, 64, 4)
+    expected_high, expected_low = photos.render_pair(seed, 5, 32, 64, 4, split="held_out")
+    np.testing.assert_array_equal(high, expected_high)
+    np.testing.assert_array_equal(low, expected_low)
+    scene = photos.random_photo_scene(seed, "held_out")
+    assert set(scene.photos) <= set(photos.HELD_OUT_PHOTOS) and prompt == photos.caption(scene)
 
 
 def test_frame_strip_layout_and_errors():

@@ -103,8 +103,6 @@ def test_chunk_settings_are_checked():
         stage1.Stage1Config(chunk_latents=5, overlap=0)
     with pytest.raises(ValueError, match="chunk_latents"):
         stage1.Stage1Config(chunk_latents=-1)
-    with pytest.raises(ValueError, match="ti2v"):
-        stage1.Stage1Config(backbone="a14b", chunk_latents=21)
 
 
 def test_long_video_report_from_stored_results(tmp_path):
@@ -117,3 +115,79 @@ def test_long_video_report_from_stored_results(tmp_path):
     assert "| 1001 |" in text and "ratio (target <= 1.5)" in text
     long_video.plot(stored, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------
+# I2V-A14B: the known frames go into the conditioning video and mask
+
+
+A14B = stage1.Stage1Config(backbone="a14b", steps=2)
+
+
+@pytest.fixture(scope="module")
+def a14b(tmp_path_factory):
+    from swifti2v_jax.models import vae as vae_lib
+
+    root = demo_build.build(tmp_path_factory.mktemp("demo") / "a14b", stage1="a14b")
+    config, high = checkpoints.load(root / "high_noise", "dit")
+    low = checkpoints.load(root / "low_noise", "dit")[1]
+    vae_config, vae = checkpoints.load(root / "vae", "vae")
+    return DiTConfig.from_dict(config), high, low, vae_lib.as_config(vae_config), vae
+
+
+def _a14b_chunks(a14b, frames, **settings):
+    from swifti2v_jax.sampling import stage1_a14b
+
+    config, high, low, vae_config, vae = a14b
+    rng = np.random.default_rng(1)
+    image = jnp.asarray(rng.uniform(-0.9, 0.9, (1, 32, 32, 3)), jnp.float32)
+    context = jnp.asarray(rng.standard_normal((1, 6, config.text_dim)), jnp.float32)
+    settings = dataclasses.replace(A14B, **settings)
+    chunks = stage1_a14b.a14b_chunks(
+        high, low, vae, vae_config, config, settings, image=image, frames=frames,
+        context=context, key=jax.random.key(4),
+    )  # fmt: skip
+    return list(chunks), dict(image=image, context=context, settings=settings)
+
+
+def test_a14b_condition_mask_marks_the_known_pixel_frames():
+    from swifti2v_jax.sampling import stage1_a14b
+
+    mask = stage1_a14b.condition_mask(1, 9)  # the image: latent 0 only
+    np.testing.assert_array_equal(mask, [[1] * 4, [0] * 4, [0] * 4])
+    mask = stage1_a14b.condition_mask(5, 9)  # overlap 2: frames 0..4 = latents 0 and 1
+    np.testing.assert_array_equal(mask, [[1] * 4, [1] * 4, [0] * 4])
+    mask = stage1_a14b.condition_mask(3, 9)  # a partial latent frame
+    np.testing.assert_array_equal(mask, [[1] * 4, [1, 1, 0, 0], [0] * 4])
+
+
+def test_a14b_chunk_zero_is_the_single_pass_and_one_program_serves_every_chunk(a14b):
+    from swifti2v_jax.sampling import stage1_a14b
+
+    config, high, low, vae_config, vae = a14b
+    whole, inputs = _a14b_chunks(a14b, 9)  # 3 latents, one pass
+    one, _ = _a14b_chunks(a14b, 9, chunk_latents=3)  # fits one chunk: the same
+    assert len(whole) == len(one) == 1
+    np.testing.assert_array_equal(np.asarray(one[0].latents), np.asarray(whole[0].latents))
+    condition = stage1_a14b.a14b_condition(vae, vae_config, inputs["image"], 9)
+    direct = stage1_a14b.a14b_image_to_video(
+        high, low, config, inputs["settings"], condition=condition,
+        context=inputs["context"], key=jax.random.key(4),
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(direct), np.asarray(whole[0].latents))
+
+    before = stage1.TRACES["a14b"]
+    chunks, _ = _a14b_chunks(a14b, 25, chunk_latents=3, overlap=1)  # 7 latents: 3 chunks
+    assert [(c.start, c.known) for c in chunks] == stage1.chunk_plan(7, 3, 1)
+    traced = stage1.TRACES["a14b"] - before
+    assert traced <= 1
+    # Chunk 0 of a long clip is the single pass over one chunk's length.
+    np.testing.assert_array_equal(np.asarray(chunks[0].latents), np.asarray(whole[0].latents))
+    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+        np.testing.assert_array_equal(
+            np.asarray(chunk.latents[:, :1]), np.asarray(previous.latents[:, -1:])
+        )
+        assert float(jnp.abs(chunk.new - previous.latents[:, -1:]).max()) > 1e-3
+    assert sum(c.latents.shape[1] - (c.known if c.index else 0) for c in chunks) == 7
+    _a14b_chunks(a14b, 41, chunk_latents=3, overlap=1)  # longer: nothing new to compile
+    assert stage1.TRACES["a14b"] - before == traced

@@ -25,7 +25,7 @@ from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.sampling import pipeline as pipeline_lib
-from swifti2v_jax.sampling import stage1
+from swifti2v_jax.sampling import stage1, stage1_a14b
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_a14b_stage1_conditioning_and_expert_switch(a14b_root):
     _, low = _dit(a14b_root / "low_noise")
     vae_config, vae_params = _vae(a14b_root / "vae")
     image = _rand((1, 32, 32, 3), seed=7, scale=0.9)
-    condition = stage1.a14b_condition(vae_params, vae_config, image, num_frames=5)
+    condition = stage1_a14b.a14b_condition(vae_params, vae_config, image, num_frames=5)
     assert condition.shape == (1, 2, 4, 4, 20)
     mask, latent = condition[..., :4], condition[..., 4:]
     np.testing.assert_array_equal(np.asarray(mask[:, 0]), 1.0)
@@ -141,7 +141,7 @@ def test_a14b_stage1_conditioning_and_expert_switch(a14b_root):
     calls = []
 
     def run(high_params, low_params):
-        return stage1.a14b_image_to_video(
+        return stage1_a14b.a14b_image_to_video(
             high_params,
             low_params,
             config,
@@ -179,9 +179,9 @@ def test_a14b_one_expert_at_a_time_matches_both_resident(a14b_root):
         uncond_context=_context(config, seed=9),
         key=jax.random.key(2),
     )
-    joint = stage1.a14b_image_to_video(high, low, config, settings, **inputs)
+    joint = stage1_a14b.a14b_image_to_video(high, low, config, settings, **inputs)
     events, calls = [], []
-    swapped = stage1.a14b_image_to_video_swapping(
+    swapped = stage1_a14b.a14b_image_to_video(
         lambda: events.append("load high") or high,
         lambda: events.append("load low") or low,
         config,
@@ -344,7 +344,9 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
     assert [w.noisy_blocks for w in plan.windows] == [(1, 2), (3,)]
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70, 3), np.uint8))
     chunks = []
-    result = pipeline.generate(image, "a boat on a lake", plan, seed=3, sink=chunks.append)
+    result = pipeline.generate(
+        image, "a boat on a lake", plan, seed=3, sink=chunks.append, keep_latents=True
+    )
     assert [c.shape[0] for c in chunks] == [1, 8, 4]  # anchor, then each segment's blocks
     streamed = np.concatenate(chunks)
     assert streamed.shape == (13, 32, 32, 3) and streamed.dtype == np.uint8
@@ -381,6 +383,7 @@ def test_generate_streams_the_decoded_latents(ti2v_root):
         text_encoder=PromptEncoder.from_checkpoint(paths.t5, text_len=config.text_len),
     )
     again = orchestrator.run(
-        resident, pipeline.specs, config, image, "a boat on a lake", plan, seed=3
-    )
+        resident, pipeline.specs, config, image, "a boat on a lake", plan, seed=3,
+        keep_latents=True,
+    )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(again.latents), np.asarray(result.latents))

@@ -9,9 +9,10 @@ latent of the input image alone; the VAE is causal, so it equals z_ref[:, :1]. S
 data preparation and the demo data set all call `encode_hybrid_reference`, so a model is
 trained on exactly the references it is sampled with.
 
-`encode_hybrid_reference` never materialises the full-resolution video on the device: it
-upsamples one encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE
-encoder (or, tiled, into a host-memory video that is encoded one spatial tile at a time).
+`encode_hybrid_reference` never materialises the full-resolution video: it upsamples one
+encoder chunk ([frame 0], then 4 frames at a time) and streams it into the VAE encoder;
+`HybridReferenceEncoder` does the same for a low-res video that arrives piece by piece (the
+streaming pipeline pushes each Stage I chunk as it is decoded).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from swifti2v_jax.models import vae as vae_lib
 
@@ -62,22 +62,68 @@ def hybrid_reference(video_low: jax.Array, image: jax.Array) -> jax.Array:
     return jnp.concatenate([image[:, None].astype(jnp.float32), rest], axis=1)
 
 
+class HybridReferenceEncoder:
+    """z_ref of the hybrid reference, fed the low-res video piece by piece (streaming).
+
+    `push(frames [B, n, h, w, 3])` takes the next decoded low-res frames (clip frame 0 first,
+    which is replaced by the image) and returns the z_ref blocks they complete, or None.
+    Frames are upsampled and encoded in the groups `encode_hybrid_reference` uses ([frame 0],
+    then `temporal_factor` at a time) with the encoder cache carried over, so any grouping of
+    pushes gives the same latents bit for bit, holding at most one group of frames.
+    tiles: None or (tile_size, tile_overlap, offload_cache) for a spatially tiled encoder
+    (vae.StreamingEncoder: one cache per tile, in host memory when offloaded).
+    """
+
+    def __init__(self, vae_params, vae_config, image: jax.Array, tiles=None):
+        if image.ndim != 4 or image.shape[-1] != 3:
+            raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
+        self.image = image
+        self.config = vae_lib.as_config(vae_config)
+        self.step = vae_lib.temporal_factor(self.config)
+        self.encoder = vae_lib.StreamingEncoder(vae_params, self.config, **_tile_kwargs(tiles))
+        self.frames_in = 0
+        self._pending = None  # low-res frames waiting for a full group
+
+    def push(self, video_low: jax.Array) -> jax.Array | None:
+        _check(video_low, self.image)
+        height, width = self.image.shape[1:3]
+        self.frames_in += video_low.shape[1]
+        latents = []
+        if self.encoder.frames_in == 0 and video_low.shape[1]:
+            latents.append(self.encoder.push(self.image[:, None].astype(jnp.float32)))
+            video_low = video_low[:, 1:]  # clip frame 0 is the image
+        if self._pending is not None:
+            video_low = jnp.concatenate([self._pending, video_low], axis=1)
+        usable = video_low.shape[1] // self.step * self.step
+        for start in range(0, usable, self.step):
+            chunk = resize_frames(video_low[:, start : start + self.step], height, width)
+            latents.append(self.encoder.push(chunk))
+        self._pending = video_low[:, usable:] if usable < video_low.shape[1] else None
+        return jnp.concatenate(latents, axis=1) if latents else None
+
+    def finish(self) -> None:
+        if self._pending is not None:
+            raise ValueError(
+                f"video_low needs {self.step}k+1 frames, got {self.frames_in} "
+                f"({self._pending.shape[1]} left over)"
+            )
+        self.encoder.finish()
+
+
 def encode_hybrid_reference(
     vae_params,
     vae_config,
     video_low: jax.Array,
     image: jax.Array,
     on_chunk: Callable[[int], None] | None = None,
-    tiles: tuple[int, int] | None = None,
+    tiles=None,
 ) -> jax.Array:
     """z_ref = VAE-encode(hybrid_reference(video_low, image)), chunk by chunk.
 
     video_low: [B, F, h, w, 3] decoded Stage I video in [-1, 1], F = 4k + 1.
     image: [B, H, W, 3] input image at the target size in [-1, 1].
     on_chunk(latent_frames_done) is called after every encoder chunk (progress).
-    tiles: (tile_size, tile_overlap) in latent pixels: the hybrid reference is assembled in
-    host memory chunk by chunk and encoded tile by tile (models/vae_tiling.py), so the device
-    holds one tile's video and encoder state.
+    tiles: as in `HybridReferenceEncoder`.
     """
     _check(video_low, image)
     config = vae_lib.as_config(vae_config)
@@ -85,26 +131,12 @@ def encode_hybrid_reference(
     frames = video_low.shape[1]
     if (frames - 1) % step:
         raise ValueError(f"video_low needs {step}k+1 frames, got {frames}")
-    height, width = image.shape[1:3]
-    if tiles is not None:
-        video = np.empty((image.shape[0], frames, height, width, 3), np.float32)
-        video[:, 0] = np.asarray(image, np.float32)
-        for start in range(1, frames, step):
-            chunk = resize_frames(video_low[:, start : start + step], height, width)
-            video[:, start : start + step] = np.asarray(chunk)
-        latents = vae_lib.encode(
-            vae_params, config, video, tile_size=tiles[0], tile_overlap=tiles[1]
-        )
-        if on_chunk is not None:
-            on_chunk(latents.shape[1])
-        return latents
-    encoder = vae_lib.StreamingEncoder(vae_params, config)
-    latents = [encoder.push(image[:, None].astype(jnp.float32))]
+    encoder = HybridReferenceEncoder(vae_params, config, image, tiles)
+    latents = [encoder.push(video_low[:, :1])]
     if on_chunk is not None:
         on_chunk(1)
     for start in range(1, frames, step):
-        chunk = resize_frames(video_low[:, start : start + step], height, width)
-        latents.append(encoder.push(chunk))
+        latents.append(encoder.push(video_low[:, start : start + step]))
         if on_chunk is not None:
             on_chunk(len(latents))
     encoder.finish()
@@ -113,11 +145,17 @@ def encode_hybrid_reference(
 
 def encode_anchor(vae_params, vae_config, image: jax.Array, tiles=None) -> jax.Array:
     """The anchor z_x: the VAE latent of the input image alone -> [B, 1, h, w, C].
-    tiles: None or (tile_size, tile_overlap), as in `encode_hybrid_reference`."""
+    tiles: as in `HybridReferenceEncoder` (one frame: nothing to offload)."""
     if image.ndim != 4 or image.shape[-1] != 3:
         raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
-    tile_size, tile_overlap = tiles if tiles is not None else (None, 4)
-    return vae_lib.encode(
-        vae_params, vae_config, image[:, None].astype(jnp.float32), tile_size=tile_size,
-        tile_overlap=tile_overlap,
-    )  # fmt: skip
+    kwargs = _tile_kwargs(tiles)
+    kwargs.pop("offload_cache", None)
+    return vae_lib.encode(vae_params, vae_config, image[:, None].astype(jnp.float32), **kwargs)
+
+
+def _tile_kwargs(tiles) -> dict:
+    """(tile_size, tile_overlap, offload_cache) or None -> StreamingEncoder keyword arguments."""
+    if tiles is None:
+        return {}
+    tile_size, tile_overlap, offload_cache = tiles
+    return dict(tile_size=tile_size, tile_overlap=tile_overlap, offload_cache=offload_cache)

@@ -14,17 +14,24 @@ own output, data/rollout.py) instead of the true ones, as at sampling time; the 
 the noisy blocks (the targets) stay true.
 
 The window draw uses grain's per-record generator, so it is part of the (checkpointable)
-iterator state: a resumed run sees the same windows as an uninterrupted one. Sharding over
-hosts is by `jax.process_index()` (grain's ShardByJaxProcess).
+iterator state: a resumed run sees the same windows as an uninterrupted one.
+
+Several processes (hosts): there is one global sequence of examples (grain's IndexSampler over
+all records, with its per-example random generator) and global batch n is its positions
+[n*B, (n+1)*B). Each process reads only its rows of every global batch (`GlobalBatchRows`), so
+the global batches, and the loss, do not depend on the number of processes, and every example
+is read by exactly one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import grain
+import jax
 import numpy as np
 
 from swifti2v_jax.csg import inputs, layout
@@ -120,6 +127,37 @@ def tfds_source(dataset_dir: str | os.PathLike, split: str = "train"):
     return tfds.builder_from_directory(str(dataset_dir)).as_data_source()[split]
 
 
+class GlobalBatchRows:
+    """A grain sampler: this process's `rows` (ascending) of every global batch of
+    `global_batch` positions of `sampler`'s sequence.
+
+    grain's DataLoader batches worker w's local indices w, w + W, w + 2W, ... and returns
+    workers' batches in turn, so local index i belongs to local batch (i // W // rows) * W + w:
+    the mapping keeps that batch = the global batch of the same number, for any worker count.
+    """
+
+    def __init__(self, sampler, global_batch: int, rows, worker_count: int):
+        self.rows = tuple(int(row) for row in rows)
+        if not self.rows or list(self.rows) != sorted(set(self.rows)):
+            raise ValueError(f"rows must be ascending and distinct, got {self.rows}")
+        if self.rows[0] < 0 or self.rows[-1] >= global_batch:
+            raise ValueError(f"rows {self.rows} outside a batch of {global_batch}")
+        self.sampler, self.global_batch = sampler, global_batch
+        self.workers = max(1, worker_count)
+
+    def __getitem__(self, index: int):
+        worker, in_worker = index % self.workers, index // self.workers
+        batch, row = divmod(in_worker, len(self.rows))
+        position = (batch * self.workers + worker) * self.global_batch + self.rows[row]
+        return self.sampler[position]
+
+    def __repr__(self) -> str:  # grain checks it against the checkpointed iterator
+        return (
+            f"GlobalBatchRows({self.sampler!r}, global_batch={self.global_batch}, "
+            f"rows={list(self.rows)}, workers={self.workers})"
+        )
+
+
 def make_loader(
     source,
     *,
@@ -129,28 +167,47 @@ def make_loader(
     shuffle: bool = True,
     num_epochs: int | None = None,
     worker_count: int = 0,
-    shard_by_process: bool = True,
+    rows: Sequence[int] | None = None,
     expected_blocks: int | None = None,
 ) -> grain.DataLoader:
-    """A grain DataLoader of per-host batches (`batch_size` = this host's share)."""
+    """A grain DataLoader of this process's batches.
+
+    `batch_size` is the global batch; `rows`: the rows of each global batch this process
+    reads (training/sharding.process_rows); None: all of them (one process).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shard_options = (
-        grain.sharding.ShardByJaxProcess(drop_remainder=True)
-        if shard_by_process
-        else grain.sharding.NoSharding()
-    )
-    sampler = grain.samplers.IndexSampler(
+    rows = tuple(range(batch_size)) if rows is None else tuple(rows)
+    count = len(rows)
+    sample = lambda shard_options: grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=shard_options,
         shuffle=shuffle,
         num_epochs=num_epochs,
         seed=seed,
     )
+    if rows == tuple(range(batch_size)) and worker_count <= 1:
+        # The slicing would be the identity: the plain sampler. With one process,
+        # ShardByJaxProcess is no sharding and keeps the sampler's repr (grain checks it on
+        # restore) that of checkpoints written before GlobalBatchRows existed.
+        one = jax.process_count() == 1
+        sampler = sample(
+            grain.sharding.ShardByJaxProcess(drop_remainder=True)
+            if one
+            else grain.sharding.NoSharding()
+        )
+    else:
+        sampler = GlobalBatchRows(
+            sample(grain.sharding.NoSharding()), batch_size, rows, worker_count
+        )
     operations = [
         ToWindow(window, expected_blocks),
-        grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
+        grain.transforms.Batch(batch_size=count, drop_remainder=True),
     ]
     return grain.DataLoader(
-        data_source=source, sampler=sampler, operations=operations, worker_count=worker_count
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=worker_count,
+        shard_options=grain.sharding.NoSharding(),
     )

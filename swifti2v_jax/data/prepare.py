@@ -9,8 +9,12 @@ Per video: read the first `num_frames` frames (center crop + resize), encode the
 turn it into z_ref with the hybrid reference builder sampling uses (csg/reference.py: bicubic
 upsampling, frame 0 := the clip's first frame, VAE encode), embed the caption with umT5. Videos that
 cannot be read or are too short are skipped, counted and listed in the report, never fatal.
-Shards are written to a temporary folder and moved into place at the end, with
-`dataset.json` (shapes, counts) and `prepare_report.json` (every skipped file and why).
+Shards are fixed groups of `--records-per-shard` videos, each moved into place once complete;
+a rerun into the same --out skips finished ones. At the end `dataset.json` (shapes, counts, all
+shards) and `prepare_report.json` (every skipped file and why) are written.
+
+Several processes (swifti2v_jax/launch.py, or every host with --distributed) split the
+shards between them and write exactly what one process would (data/shards.py).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from swifti2v_jax.csg import degradation, reference
-from swifti2v_jax.data import records, videos
+from swifti2v_jax.csg import degradation
+from swifti2v_jax.data import records, shards, videos
+from swifti2v_jax.data.encoders import Encoders, build_encoders
 
 REFERENCE_KINDS = ("synthetic", "precomputed", "none")
 DATASET_FILE = "dataset.json"
@@ -55,25 +60,6 @@ class ClipSpec:
             )
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoders:
-    """encode_video: [1, F, H, W, 3] in [-1, 1] -> [1, T, h, w, z] normalised latents;
-    encode_text: list of prompts -> [B, text_len, d] with zero rows past each prompt;
-    encode_reference: (low-res video [1, F, h, w, 3], first frame [1, H, W, 3]) -> z_ref,
-    the hybrid reference builder (None: `encode_video` of `reference.hybrid_reference`)."""
-
-    encode_video: Callable[[np.ndarray], np.ndarray]
-    encode_text: Callable[[list[str]], np.ndarray]
-    temporal_factor: int = 4
-    spatial_factor: int = 16
-    encode_reference: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-
-    def reference(self, video_low: np.ndarray, image: np.ndarray) -> np.ndarray:
-        if self.encode_reference is not None:
-            return np.asarray(self.encode_reference(video_low, image))
-        return np.asarray(self.encode_video(reference.hybrid_reference(video_low, image)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,29 +121,47 @@ def _reference_low(path: Path, clip: np.ndarray, spec: ReferenceSpec, rng, clip_
     )  # fmt: skip
 
 
-def reference_latents(encoders: Encoders, clip: np.ndarray, video_low) -> np.ndarray:
-    """z_ref [T, h, w, z] of a clip [F, H, W, 3] from its low-res video [F, h, w, 3]."""
-    return encoders.reference(np.asarray(video_low)[None], np.asarray(clip[:1]))[0]
+@dataclasses.dataclass
+class _ReadVideo:
+    """A video read, degraded and captioned, waiting for the batched VAE encode."""
+
+    path: Path
+    clip: np.ndarray
+    low: np.ndarray | None  # the Stage I-like video (None: no z_ref)
+    caption: str | None
+    context: np.ndarray
 
 
-def process_video(
-    path: Path,
-    clip_spec: ClipSpec,
-    encoders: Encoders,
-    reference: ReferenceSpec,
-    rng: np.random.Generator,
-    dtype: str,
-) -> dict:
-    """One video -> one record; raises videos.VideoError for an unusable file."""
+def read_video(path, clip_spec: ClipSpec, encoders: Encoders, reference: ReferenceSpec, rng):
+    """Everything but the VAE for one video; raises videos.VideoError for an unusable file."""
     clip = videos.read_clip(
         path, clip_spec.num_frames, clip_spec.height, clip_spec.width, clip_spec.frame_stride
     )
-    latents = np.asarray(encoders.encode_video(clip[None]))[0]
     low = _reference_low(path, clip, reference, rng, clip_spec)
-    z_ref = latents if low is None else reference_latents(encoders, clip, low)
-    caption = videos.read_caption(path) or ""
-    context = records.trim_context(np.asarray(encoders.encode_text([caption]))[0])
-    return records.make_record(latents, z_ref, context, caption, path.stem, dtype)
+    caption = videos.read_caption(path)
+    context = records.trim_context(np.asarray(encoders.encode_text([caption or ""]))[0])
+    return _ReadVideo(path, clip, low, caption, context)
+
+
+def encode_videos(items: list[_ReadVideo], encoders: Encoders, dtype: str) -> list[dict]:
+    """The records of read videos: one VAE call for all clips, one for all references."""
+    clips = np.stack([item.clip for item in items])
+    latents = np.asarray(encoders.encode_video(clips))
+    z_ref = latents
+    if items[0].low is not None:
+        z_ref = encoders.reference(np.stack([item.low for item in items]), clips[:, 0])
+    return [
+        records.make_record(
+            latents[i], z_ref[i], item.context, item.caption or "", item.path.stem, dtype
+        )
+        for i, item in enumerate(items)
+    ]
+
+
+def process_video(path, clip_spec, encoders, reference, rng, dtype) -> dict:
+    """One video -> one record; raises videos.VideoError for an unusable file."""
+    item = read_video(path, clip_spec, encoders, reference, rng)
+    return encode_videos([item], encoders, dtype)[0]
 
 
 def iterate_records(
@@ -170,25 +174,35 @@ def iterate_records(
     dtype: str = "float16",
     seed: int = 0,
     progress: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[tuple[str, dict]]:
-    """(name, record) for every usable video in sorted order; failures go to `report`."""
+    """(name, record) for every usable video in sorted order (or the videos at `indices` of
+    that order); failures go to `report`. Clips are VAE-encoded `encoders.batch` at a time. A
+    record's randomness comes from its video's index in the whole folder, never from which
+    videos are prepared together."""
     clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
     paths = videos.list_videos(video_dir)
+    selected = range(len(paths)) if indices is None else indices
+    rng_for = lambda index: np.random.default_rng((seed, index))
+    last = len(selected) - 1
     if progress:
         from swifti2v_jax import progress as progress_lib
 
-        paths = progress_lib.bar(paths, desc="preparing", unit="video")
-    for index, path in enumerate(paths):
-        rng = np.random.default_rng((seed, index))
+        selected = progress_lib.bar(selected, desc="preparing", unit="video")
+    pending: list[_ReadVideo] = []
+    for position, index in enumerate(selected):
+        path = paths[index]
         try:
-            record = process_video(path, clip_spec, encoders, reference, rng, dtype)
+            pending.append(read_video(path, clip_spec, encoders, reference, rng_for(index)))
         except videos.VideoError as error:
             report.skipped[path.name] = str(error)
-            continue
-        if videos.read_caption(path) is None:
-            report.missing_captions.append(path.name)
-        report.written += 1
-        yield path.stem, record
+        if pending and (len(pending) == encoders.batch or position == last):
+            for item, record in zip(pending, encode_videos(pending, encoders, dtype)):
+                if item.caption is None:
+                    report.missing_captions.append(item.path.name)
+                report.written += 1
+                yield item.path.stem, record
+            pending = []
 
 
 def prepare(
@@ -203,22 +217,64 @@ def prepare(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Callable[[], None] | None = None,
 ) -> PrepareReport:
-    """Writes OUT/train-XXXXX-of-YYYYY.array_record, dataset.json and prepare_report.json."""
-    check_output(out_dir, records_per_shard, dtype, overwrite)
-    videos.list_videos(video_dir)  # a missing folder fails here, before any work
+    """Writes OUT/train-KKKKK-of-NNNNN.array_record, dataset.json and prepare_report.json.
+
+    Process `process_index` of `process_count` writes its share of the shards (data/shards.py:
+    the same shards for any count) and skips shards a previous run finished; `barrier()`
+    returns once every process is done, then process 0 writes the manifest. -> the whole
+    report on process 0, this process's part elsewhere.
+    """
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if dtype not in records.STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {records.STORAGE_DTYPES}, got {dtype!r}")
+    paths = videos.list_videos(video_dir)  # a missing folder fails here, before any work
     clip_spec.validate(encoders.temporal_factor, encoders.spatial_factor)
     reference = reference or ReferenceSpec()
-    report = PrepareReport()
-    named_records = iterate_records(
-        video_dir, clip_spec, encoders, reference, report, dtype=dtype, seed=seed,
-        progress=progress,
-    )  # fmt: skip
+    start, report, out_dir = time.time(), PrepareReport(), Path(out_dir)
     info = {"clip": dataclasses.asdict(clip_spec), "reference": dataclasses.asdict(reference)}
-    return write_dataset(
-        out_dir, named_records, report, records_per_shard=records_per_shard, dtype=dtype,
-        info=info, what=f"no usable video in {video_dir}",
-    )  # fmt: skip
+    job = {"videos": [p.name for p in paths], "records_per_shard": records_per_shard,
+           "dtype": dtype, "seed": seed, **info}  # fmt: skip
+    shards.start_job(out_dir, job, overwrite)
+    total = shards.count(len(paths), records_per_shard)
+    for shard in shards.shards_of(process_index, process_count, total):
+        if shards.is_done(out_dir, shard):
+            continue
+        part = PrepareReport()
+        named_records = iterate_records(
+            video_dir, clip_spec, encoders, reference, part, dtype=dtype, seed=seed,
+            progress=progress, indices=shards.videos_of(shard, len(paths), records_per_shard),
+        )  # fmt: skip
+        note = {"skipped": part.skipped, "missing_captions": part.missing_captions}
+        shards.write_shard(out_dir, shard, total, named_records, note)
+        report.written += part.written
+        report.skipped.update(part.skipped)
+        report.missing_captions += part.missing_captions
+    if barrier is not None:
+        barrier()
+    if process_index != 0:
+        report.seconds = time.time() - start
+        return report
+    notes = shards.read_notes(out_dir, total)
+    report = PrepareReport(
+        written=sum(n["written"] for n in notes),
+        skipped={k: v for n in notes for k, v in n["skipped"].items()},
+        missing_captions=[name for n in notes for name in n["missing_captions"]],
+        shards=[n["shard"] for n in notes if n["written"]],
+        seconds=time.time() - start,
+    )
+    if not report.written:
+        raise ValueError(
+            f"no usable video in {video_dir}: {len(report.skipped)} skipped\n" + report.summary()
+        )
+    dataset = shards.manifest(notes, info)
+    (out_dir / DATASET_FILE).write_text(json.dumps({**dataset, "dtype": dtype}, indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    return report
 
 
 def check_output(out_dir, records_per_shard: int, dtype: str, overwrite: bool) -> None:
@@ -292,74 +348,6 @@ def read_dataset_info(data_dir) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def build_encoders(
-    vae_dir: str,
-    *,
-    t5_dir: str | None = None,
-    tokenizer_dir: str | None = None,
-    text_embeddings_dir: str | None = None,
-    text_len: int = 512,
-) -> Encoders:
-    """Encoders from converted model directories (`python -m conversion` output)."""
-    from swifti2v_jax import checkpoints, text
-    from swifti2v_jax.models import vae
-
-    vae_config, vae_params = checkpoints.load(vae_dir, kind="vae")
-    vae_config = vae.as_config(vae_config)
-
-    def encode_video(video):
-        return np.asarray(vae.encode(vae_params, vae_config, video))
-
-    def encode_reference(video_low, image):
-        return np.asarray(
-            reference.encode_hybrid_reference(vae_params, vae_config, video_low, image)
-        )
-
-    if text_embeddings_dir is not None:
-        encode_text = _PrecomputedText(Path(text_embeddings_dir), text_len)
-    else:
-        if t5_dir is None:
-            raise ValueError("give --t5 (a converted umT5 directory) or --text-embeddings")
-        t5_config, t5_params = checkpoints.load(t5_dir, kind="t5")
-        if tokenizer_dir is None:
-            guess = Path(t5_dir).parent / "tokenizer"
-            if not guess.is_dir():
-                raise ValueError(f"no --tokenizer given and {guess} does not exist")
-            tokenizer_dir = str(guess)
-        tokenizer = text.Tokenizer(tokenizer_dir, text_len=text_len)
-
-        def encode_text(prompts):
-            return text.encode_prompts(t5_params, t5_config, tokenizer, prompts, text_len)
-
-    return Encoders(
-        encode_video=encode_video,
-        encode_text=encode_text,
-        temporal_factor=vae.temporal_factor(vae_config),
-        spatial_factor=vae.spatial_factor(vae_config),
-        encode_reference=encode_reference,
-    )
-
-
-class _PrecomputedText:
-    """Text embeddings precomputed elsewhere: `<folder>/<sha1 of the caption>.npy`."""
-
-    def __init__(self, folder: Path, text_len: int):
-        if not folder.is_dir():
-            raise ValueError(f"--text-embeddings folder {folder} does not exist")
-        self.folder, self.text_len = folder, text_len
-
-    def __call__(self, prompts):
-        import hashlib
-
-        out = []
-        for prompt in prompts:
-            file = self.folder / f"{hashlib.sha1(prompt.encode()).hexdigest()}.npy"
-            if not file.is_file():
-                raise videos.VideoError(f"no precomputed text embedding {file.name} for caption")
-            out.append(records.pad_context(np.load(file), self.text_len))
-        return np.stack(out)
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", required=True, help="folder of videos (+ same-stem .txt)")
@@ -383,6 +371,9 @@ def parse_args(argv):
     parser.add_argument("--dtype", choices=records.STORAGE_DTYPES, default="float16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--distributed", action="store_true", help="join the other hosts (Cloud TPU, SLURM)"
+    )
     args = parser.parse_args(argv)
     if args.references and args.reference == "synthetic":
         args.reference = "precomputed"
@@ -391,6 +382,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from swifti2v_jax import launch
+
+    launch.initialize(args.distributed)  # one process, or one of several (each its share)
+    import jax
+
+    process_index, process_count = jax.process_index(), jax.process_count()
     try:
         clip_spec = ClipSpec(args.num_frames, args.height, args.width, args.frame_stride)
         reference = ReferenceSpec(
@@ -414,12 +411,16 @@ def main(argv=None) -> int:
             dtype=args.dtype,
             seed=args.seed,
             overwrite=args.overwrite,
-            progress=True,
+            progress=process_count == 1,
+            process_index=process_index,
+            process_count=process_count,
+            barrier=lambda: launch.barrier("prepare: every shard written"),
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(report.summary())
+    # Process 0 reports the whole run; the others only their share.
+    print(report.summary() if process_index == 0 else f"wrote {report.written} clips")
     return 0
 
 

@@ -29,6 +29,10 @@ MAX_PATCHES = 4
 BACKGROUND_OCTAVES = 6
 DISC_OCTAVES = 4
 PATTERNS = ("stripes", "checker")
+# Camera motion ranges, shared with data/photos.py (the same motions over photographs).
+PAN_MAX = 0.008  # canvas units per frame, per axis
+ZOOM_MAX = 0.006  # relative change of the field of view per frame
+VIEW_RANGE = (0.8, 1.2)  # field of view at frame 0 (canvas units across the frame height)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +97,9 @@ def random_scene(seed: int, num_discs: int | None = None) -> Scene:
     angle = rng.uniform(0, 2 * np.pi)
     return Scene(
         seed=seed,
-        pan=tuple(rng.uniform(-0.008, 0.008, 2)),
-        zoom=float(rng.uniform(-0.006, 0.006)),
-        view=float(rng.uniform(0.8, 1.2)),
+        pan=tuple(rng.uniform(-PAN_MAX, PAN_MAX, 2)),
+        zoom=float(rng.uniform(-ZOOM_MAX, ZOOM_MAX)),
+        view=float(rng.uniform(*VIEW_RANGE)),
         gradient=(np.cos(angle), np.sin(angle), *rng.uniform(-0.7, 0.7, 6)),
         discs=discs,
         patches=patches,
@@ -176,18 +180,29 @@ def _coverage(signed_distance, pixel):
     return jnp.clip(signed_distance / pixel + 0.5, 0.0, 1.0)[..., None]
 
 
-@functools.partial(jax.jit, static_argnames=("frames", "height", "width"))
-def _render(arrays, frames: int, height: int, width: int):
+def camera_uv(camera, frames: int, height: int, width: int, rotation=None):
+    """Canvas coordinates seen by each output pixel: (u, v [F, H, W], t [F, 1, 1], pixel size).
+
+    camera = [pan_u, pan_v, zoom, view0]; `rotation` (radians per frame, about the frame
+    centre) is optional (procedural scenes do not rotate; photographs may).
+    """
     aspect = width / height
     ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height - 0.5
     xs = ((jnp.arange(width, dtype=jnp.float32) + 0.5) / width - 0.5) * aspect
     t = jnp.arange(frames, dtype=jnp.float32)[:, None, None]
-    pan_u, pan_v, zoom, view0 = arrays["camera"]
+    pan_u, pan_v, zoom, view0 = camera[0], camera[1], camera[2], camera[3]
     view = view0 * (1 + zoom) ** t  # [F, 1, 1]
-    u = xs[None, None, :] * view + pan_u * t  # [F, 1, W] -> broadcast below
-    v = ys[None, :, None] * view + pan_v * t
-    u, v = jnp.broadcast_arrays(u, v)
-    pixel = view / height  # canvas units per output pixel
+    x, y = xs[None, None, :], ys[None, :, None]
+    if rotation is not None:
+        cos, sin = jnp.cos(rotation * t), jnp.sin(rotation * t)
+        x, y = cos * x - sin * y, sin * x + cos * y
+    u, v = jnp.broadcast_arrays(x * view + pan_u * t, y * view + pan_v * t)
+    return u, v, t, view / height  # pixel: canvas units per output pixel
+
+
+@functools.partial(jax.jit, static_argnames=("frames", "height", "width"))
+def _render(arrays, frames: int, height: int, width: int):
+    u, v, t, pixel = camera_uv(arrays["camera"], frames, height, width)
 
     gx, gy = arrays["gradient"][0], arrays["gradient"][1]
     c0, c1 = arrays["gradient"][2:5], arrays["gradient"][5:8]
@@ -243,13 +258,17 @@ def render_pair(
     seed: int, frames: int, height: int, width: int, factor: int = 4, supersample: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
     """(high-res clip [F, H, W, 3], low-res clip [F, H/factor, W/factor, 3]), both in [-1, 1]."""
+    render_fn = lambda *size: render(random_scene(seed), *size)
+    return pair_from(render_fn, frames, height, width, factor, supersample)
+
+
+def pair_from(render_fn, frames, height, width, factor, supersample):
+    """Renders at `supersample` x the size, box-downsamples to high res, then by `factor`."""
     if (frames - 1) % 4:
         raise ValueError(f"frames must be 4k+1, got {frames}")
     if height % factor or width % factor:
         raise ValueError(f"size {height}x{width} is not divisible by the factor {factor}")
-    scene = random_scene(seed)
-    fine = render(scene, frames, height * supersample, width * supersample)
-    high = box_downsample(fine, supersample)
+    high = box_downsample(render_fn(frames, height * supersample, width * supersample), supersample)
     return high, box_downsample(high, factor)
 
 

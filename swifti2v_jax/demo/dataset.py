@@ -3,8 +3,10 @@
     python -m swifti2v_jax.demo.dataset --vae runs/demo/vae/model --text runs/demo/text \
         --out runs/demo/data --num-clips 128
 
-For each seed in [first_seed, first_seed + num_clips) a procedural clip is rendered at the
-target size and at 1/factor (box downsampled, data/procedural.py), then:
+For each seed in [first_seed, first_seed + num_clips) a procedural clip (and, with
+--photo-clips P, for each seed in [first_seed, first_seed + P) a clip of the training
+photographs, data/photos.py) is rendered at the target size and at 1/factor (box downsampled),
+then:
 
   OUT/stage2  latents = VAE(high-res clip); reference = z_ref of the hybrid reference built
               from the low-res clip after a VAE round trip (what a Stage I output looks like:
@@ -27,7 +29,7 @@ import numpy as np
 
 from swifti2v_jax import checkpoints, text
 from swifti2v_jax.csg import reference
-from swifti2v_jax.data import prepare, procedural, records
+from swifti2v_jax.data import photos, prepare, procedural, records
 from swifti2v_jax.models import vae
 
 STAGES = ("stage1", "stage2")
@@ -56,16 +58,28 @@ class TextEncoder:
         return self._cache[prompt]
 
 
-def clip_records(seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype):
-    """-> {'stage1': record, 'stage2': record} for one procedural clip."""
-    high, low = procedural.render_pair(seed, frames, height, width, factor)
+def source_clip(source: str, seed: int, frames, height, width, factor):
+    """(high, low, prompt, name) of one training clip: a procedural scene or a photograph
+    scene (training photos only: data/photos.py's split)."""
+    if source == "procedural":
+        high, low = procedural.render_pair(seed, frames, height, width, factor)
+        return high, low, caption(seed), f"procedural-{seed}"
+    scene = photos.random_photo_scene(seed, "train")
+    high, low = photos.render_pair(seed, frames, height, width, factor, split="train")
+    return high, low, photos.caption(scene), f"photo-{seed}"
+
+
+def clip_records(
+    seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype,
+    source="procedural",
+):  # fmt: skip
+    """-> {'stage1': record, 'stage2': record} for one clip."""
+    high, low, prompt, name = source_clip(source, seed, frames, height, width, factor)
     latents = vae.encode(vae_params, vae_config, high[None])
     low_latents = vae.encode(vae_params, vae_config, low[None])
     low_decoded = vae.decode(vae_params, vae_config, low_latents)
     z_ref = reference.encode_hybrid_reference(vae_params, vae_config, low_decoded, high[None, 0])
-    prompt = caption(seed)
     context = encode_text(prompt)
-    name = f"procedural-{seed}"
     as_np = lambda x: np.asarray(x[0], np.float32)
     return {
         "stage2": records.make_record(as_np(latents), as_np(z_ref), context, prompt, name, dtype),
@@ -78,13 +92,14 @@ def clip_records(seed, vae_params, vae_config, encode_text, frames, height, widt
 def build(
     vae_dir, text_dir, out_dir, *, num_clips: int, first_seed: int = 0, frames: int = 17,
     height: int = 64, width: int = 128, factor: int = 4, dtype: str = "float16",
-    overwrite: bool = False, progress: bool = True,
+    overwrite: bool = False, progress: bool = True, photo_clips: int = 0,
 ) -> dict[str, prepare.PrepareReport]:  # fmt: skip
     out_dir = Path(out_dir)
-    if num_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    if num_clips < 0 or photo_clips < 0 or num_clips + photo_clips < 1:
+        raise ValueError(f"need clips: got num_clips={num_clips}, photo_clips={photo_clips}")
+    total = num_clips + photo_clips
     for stage in STAGES:
-        prepare.check_output(out_dir / stage, num_clips, dtype, overwrite)
+        prepare.check_output(out_dir / stage, total, dtype, overwrite)
     vae_config, vae_params = checkpoints.load(vae_dir, kind="vae")
     vae_config = vae.as_config(vae_config)
     prepare.ClipSpec(frames, height, width).validate(
@@ -96,15 +111,17 @@ def build(
     # written by the shared shard writer.
     per_stage: dict[str, list] = {stage: [] for stage in STAGES}
     start = time.time()
-    seeds = range(first_seed, first_seed + num_clips)
+    seeds = [("procedural", s) for s in range(first_seed, first_seed + num_clips)]
+    seeds += [("photo", s) for s in range(first_seed, first_seed + photo_clips)]
     if progress:
         from swifti2v_jax import progress as progress_lib
 
         seeds = progress_lib.bar(seeds, desc="encoding clips", unit="clip")
-    for seed in seeds:
+    for source, seed in seeds:
         made = clip_records(
-            seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype
-        )
+            seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype,
+            source,
+        )  # fmt: skip
         for stage in STAGES:
             per_stage[stage].append((made[stage]["name"], made[stage]))
     seconds = time.time() - start
@@ -114,14 +131,15 @@ def build(
         report = prepare.PrepareReport(written=len(per_stage[stage]))
         info = {
             "procedural": dict(
-                first_seed=first_seed, num_clips=num_clips, frames=frames, factor=factor,
+                first_seed=first_seed, num_clips=num_clips, photo_clips=photo_clips,
+                photos=list(photos.TRAIN_PHOTOS), frames=frames, factor=factor,
                 height=height if stage == "stage2" else height // factor,
                 width=width if stage == "stage2" else width // factor,
                 vae=str(vae_dir), encode_seconds=round(seconds, 1),
             )
         }  # fmt: skip
         reports[stage] = prepare.write_dataset(
-            out_dir / stage, iter(per_stage[stage]), report, records_per_shard=num_clips,
+            out_dir / stage, iter(per_stage[stage]), report, records_per_shard=total,
             dtype=dtype, info=info,
         )  # fmt: skip
     return reports
@@ -133,6 +151,10 @@ def main(argv=None) -> int:
     parser.add_argument("--text", required=True, help="folder with t5/ and tokenizer/")
     parser.add_argument("--out", required=True, help="output folder (stage1/ and stage2/)")
     parser.add_argument("--num-clips", type=int, default=128)
+    parser.add_argument(
+        "--photo-clips", type=int, default=0,
+        help="extra clips of training photographs under camera motion (data/photos.py)",
+    )  # fmt: skip
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--height", type=int, default=64)
@@ -145,6 +167,7 @@ def main(argv=None) -> int:
             args.vae, args.text, args.out, num_clips=args.num_clips,
             first_seed=args.first_seed, frames=args.frames, height=args.height,
             width=args.width, factor=args.factor, overwrite=args.overwrite,
+            photo_clips=args.photo_clips,
         )  # fmt: skip
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)

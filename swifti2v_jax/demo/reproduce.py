@@ -14,13 +14,19 @@ Run from the repository root (it calls train.py). Steps, each skipped when its o
   6. stage2_neighbours  train.py --config=configs/demo/stage2_neighbours.py (init: step 5)
   7. rollout  python -m swifti2v_jax.data.rollout (step 6's model over the training clips)
   8. stage2_rollout     train.py --config=configs/demo/stage2_rollout.py (init: step 6)
-  9. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
+  9. data_photos     demo.dataset again, procedural + training photographs (data/photos.py)
+ 10. stage1_photos   train.py --config=configs/demo/stage1_photos.py (init: step 4; mixed data,
+                     continuation: 1-3 clean leading latent frames)
+ 11. rollout_photos  data.rollout of step 8's model over step 9's Stage II clips
+ 12. stage2_photos   train.py --config=configs/demo/stage2_photos.py (init: step 8)
+ 13. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
               also copied to swifti2v_jax/demo/weights, where sample.py looks first.
 
 WORKDIR/reproduce.json records the commands and how long each step took. Steps 4 and 5
 only need step 3's data, so by hand they can run side by side (that is how the shipped
-weights were made, on 2 CPU cores). configs/demo/vae_decoder.py (a decoder-only phase that
-keeps every latent) is an optional extra step, not part of the shipped weights.
+weights were made, on 2 CPU cores); so can steps 10 and 11-12. configs/demo/vae_decoder.py
+(a decoder-only phase that keeps every latent) is an optional extra step, not part of the
+shipped weights.
 """
 
 from __future__ import annotations
@@ -36,18 +42,27 @@ from pathlib import Path
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
-    "dit": ("stage1/model", "Stage I (TI2V-style, 32x16)"),
-    "stage2": ("stage2_rollout/model", "Stage II (concat, 128x64 CSG windows)"),
+    "dit": (
+        "stage1_photos/model",
+        "Stage I (TI2V-style, 32x16; procedural + photographs, continuation)",
+    ),
+    "stage2": (
+        "stage2_photos/model",
+        "Stage II (concat, 128x64 CSG windows; procedural + photographs)",
+    ),
     "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4, z=12"),
     "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
     "tokenizer": ("random/tokenizer", "demo tokenizer"),
 }
 
 
-def steps(workdir: Path, num_clips: int) -> list[tuple[str, Path, list[str]]]:
+def steps(
+    workdir: Path, num_clips: int, photo_clips: int = 256
+) -> list[tuple[str, Path, list[str]]]:
     """(name, output that marks it done, command)."""
     py = sys.executable
     data = workdir / "data"
+    photos = workdir / "data_photos"
     return [
         ("text", workdir / "random" / "t5",
          [py, "-m", "swifti2v_jax.demo.build", str(workdir / "random")]),
@@ -76,6 +91,23 @@ def steps(workdir: Path, num_clips: int) -> list[tuple[str, Path, list[str]]]:
           f"--workdir={workdir / 'stage2_rollout'}",
           f"--config.data.path={data / 'stage2_rollout'}",
           f"--config.init_checkpoint={workdir / 'stage2_neighbours' / 'model'}"]),
+        ("data_photos", photos / "stage2" / "dataset.json",
+         [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
+          "--text", str(workdir / "random"), "--out", str(photos), "--num-clips", str(num_clips),
+          "--photo-clips", str(photo_clips), "--overwrite"]),
+        ("stage1_photos", workdir / "stage1_photos" / "model",
+         [py, "train.py", "--config=configs/demo/stage1_photos.py",
+          f"--workdir={workdir / 'stage1_photos'}", f"--config.data.path={photos / 'stage1'}",
+          f"--config.init_checkpoint={workdir / 'stage1' / 'model'}"]),
+        ("rollout_photos", photos / "stage2_rollout" / "dataset.json",
+         [py, "-m", "swifti2v_jax.data.rollout", "--data", str(photos / "stage2"),
+          "--stage2", str(workdir / "stage2_rollout" / "model"),
+          "--out", str(photos / "stage2_rollout"), "--overwrite"]),
+        ("stage2_photos", workdir / "stage2_photos" / "model",
+         [py, "train.py", "--config=configs/demo/stage2_photos.py",
+          f"--workdir={workdir / 'stage2_photos'}",
+          f"--config.data.path={photos / 'stage2_rollout'}",
+          f"--config.init_checkpoint={workdir / 'stage2_rollout' / 'model'}"]),
     ]  # fmt: skip
 
 
@@ -106,6 +138,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--num-clips", type=int, default=256, help="training clips for the DiTs")
+    parser.add_argument(
+        "--photo-clips", type=int, default=256, help="photograph clips added for steps 9-12"
+    )
     parser.add_argument("--install", action="store_true", help=f"copy into {BUNDLED_WEIGHTS}")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
@@ -115,7 +150,7 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     log_file = workdir / "reproduce.json"
     log = json.loads(log_file.read_text()) if log_file.is_file() else {}
-    for name, done, command in steps(workdir, args.num_clips):
+    for name, done, command in steps(workdir, args.num_clips, args.photo_clips):
         if done.exists():
             print(f"[{name}] done already ({done})")
             continue

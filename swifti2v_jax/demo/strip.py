@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from swifti2v_jax.demo import EXAMPLE_IMAGE
+from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import read_video
 
 GAP = 4  # white pixels between frames
@@ -42,8 +43,10 @@ def main(argv=None) -> int:
     video, _ = read_video(args.video)
     image = None
     if args.image:
-        resized = Image.open(args.image).convert("RGB").resize(video.shape[2:0:-1], Image.BICUBIC)
-        image = np.asarray(resized)
+        # As sample.py fits it (cover the frame, crop the centre), so a photo is not squashed.
+        height, width = video.shape[1:3]
+        fitted = image_io.resize_and_crop(Image.open(args.image).convert("RGB"), width, height)
+        image = np.asarray(fitted)
     try:
         strip = frame_strip(video, image, args.frames)
     except ValueError as error:

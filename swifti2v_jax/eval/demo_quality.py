@@ -2,8 +2,9 @@
 
     python -m swifti2v_jax.eval.demo_quality [--weights DIR] [--clips 8] [--frames 17]
 
-On held-out procedural clips (seeds from 1_000_000; training uses seeds below 1_000) with the
-demo models, every output is compared with the true high-res clip (PSNR, SSIM per frame):
+On held-out procedural clips (seeds from 1_000_000; training uses seeds below 1_000), or with
+`--set photos` on held-out photographs under camera motion (data/photos.py), with the demo
+models, every output is compared with the true high-res clip (PSNR, SSIM per frame):
 
   bicubic    the low-res video upsampled (bicubic): what Stage I alone gives at 2K
   z_ref      the hybrid reference (that upsampled video) through the VAE: what Stage II
@@ -20,6 +21,7 @@ under three protocols for the low-res video:
   pipeline    Stage I generated from the low-res first frame: the whole two-stage system
               (its motion is sampled, so it need not match the true clip's)
 
+"Follows the input" is Stage I's low-res video against the true (camera-moved) low-res clip.
 Frame 0 is the input image itself, so the summaries average frames 1.. only. Per-segment
 numbers average the frames of each CSG segment's noisy blocks (drift over the clip).
 Writes OUT/demo_quality.json, OUT/demo_quality.md, OUT/psnr_per_frame.png and
@@ -41,7 +43,7 @@ import numpy as np
 
 from swifti2v_jax import checkpoints
 from swifti2v_jax.csg import layout, reference
-from swifti2v_jax.data import procedural, records
+from swifti2v_jax.data import photos, procedural, records
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 from swifti2v_jax.demo.dataset import TextEncoder, caption
 from swifti2v_jax.eval import metrics
@@ -134,10 +136,26 @@ def make_denoisers(models, csg_config) -> dict[str, stage2.WindowDenoiser]:
     }
 
 
-def evaluate_clip(models, pipeline_config, denoisers, seed, frames, height, width, factor, key):
-    high, low = procedural.render_pair(seed, frames, height, width, factor)
+def procedural_clip(seed, frames, height, width, factor):
+    return (*procedural.render_pair(seed, frames, height, width, factor), caption(seed))
+
+
+def photo_clip(seed, frames, height, width, factor):
+    """A held-out photograph under camera motion (data/photos.py's split: never trained on)."""
+    high, low = photos.render_pair(seed, frames, height, width, factor, split="held_out")
+    return high, low, photos.caption(photos.random_photo_scene(seed, "held_out"))
+
+
+CLIP_SETS = {"procedural": procedural_clip, "photos": photo_clip}
+
+
+def evaluate_clip(
+    models, pipeline_config, denoisers, seed, frames, height, width, factor, key,
+    clip_set="procedural",
+):  # fmt: skip
+    high, low, prompt = CLIP_SETS[clip_set](seed, frames, height, width, factor)
     image = jnp.asarray(high[None, 0])
-    context = encode_context(models, caption(seed))
+    context = encode_context(models, prompt)
     key_stage1, key_stage2 = jax.random.split(key)
     scores = {}
 
@@ -151,6 +169,9 @@ def evaluate_clip(models, pipeline_config, denoisers, seed, frames, height, widt
         models.resident, models.stage1_config, models.vae_config, pipeline_config.stage1,
         jnp.asarray(low[None, 0]), frames=frames, context=context, key=key_stage1,
     )  # fmt: skip
+
+    # "Follows the input": Stage I's low-res video against the camera-moved truth, per frame.
+    scores["follows"] = _scores(np.asarray(stage1_low)[0], low)
 
     low_latents = vae.encode(models.vae_params, models.vae_config, low[None])
     low_through_vae = vae.decode(models.vae_params, models.vae_config, low_latents)
@@ -178,6 +199,15 @@ def _scores(video, truth) -> dict:
     }
 
 
+def clip_gains(per_clip: list[dict], protocol: str) -> list[float]:
+    """Per clip: mean PSNR of Stage II minus that of bicubic, frames 1.."""
+    return [
+        float(np.mean(clip[f"{protocol}/stage2"]["psnr"][1:]))
+        - float(np.mean(clip[f"{protocol}/bicubic"]["psnr"][1:]))
+        for clip in per_clip
+    ]
+
+
 def summarise(per_clip: list[dict], segments: list[list[int]]) -> dict:
     names = per_clip[0].keys()
     summary = {}
@@ -192,11 +222,7 @@ def summarise(per_clip: list[dict], segments: list[list[int]]) -> dict:
             "ssim_per_segment": [float(ssim[:, f].mean()) for f in segments],
         }
     for protocol in PROTOCOLS:
-        gains = [
-            np.mean(clip[f"{protocol}/stage2"]["psnr"][1:])
-            - np.mean(clip[f"{protocol}/bicubic"]["psnr"][1:])
-            for clip in per_clip
-        ]
+        gains = clip_gains(per_clip, protocol)
         summary[f"{protocol}/stage2_minus_bicubic_psnr"] = {
             "mean": float(np.mean(gains)),
             "min": float(np.min(gains)),
@@ -208,7 +234,8 @@ def summarise(per_clip: list[dict], segments: list[list[int]]) -> dict:
 def markdown(result: dict) -> str:
     s, cfg = result["summary"], result["settings"]
     lines = [
-        f"# Demo quality ({cfg['clips']} held-out clips, {cfg['frames']} frames "
+        f"# Demo quality ({cfg['clips']} held-out {cfg.get('clip_set', 'procedural')} clips, "
+        f"{cfg['frames']} frames "
         f"{cfg['width']}x{cfg['height']}, low-res 1/{cfg['factor']})",
         "",
         "Frames 1.. (frame 0 is the input image). PSNR (dB) / SSIM against the true clip.",
@@ -224,6 +251,11 @@ def markdown(result: dict) -> str:
         "",
         f"VAE reconstruction ceiling: {s['vae']['psnr']:.2f} dB / {s['vae']['ssim']:.3f}.",
         "",
+        "Follows the input (Stage I low-res video vs the camera-moved true low-res clip, "
+        f"frames 1..): {s['follows']['psnr']:.2f} dB / {s['follows']['ssim']:.3f}; per frame "
+        + " ".join(f"{v:.1f}" for v in s["follows"]["psnr_per_frame"][1:])
+        + ".",
+        "",
         "Stage II minus bicubic (PSNR, per clip): "
         + "; ".join(
             f"{p}: mean {s[f'{p}/stage2_minus_bicubic_psnr']['mean']:+.2f} dB, "
@@ -231,6 +263,10 @@ def markdown(result: dict) -> str:
             f"{s[f'{p}/stage2_minus_bicubic_psnr']['clips_where_stage2_wins']}/{cfg['clips']}"
             for p in PROTOCOLS
         ),
+        "",
+        "Per clip, Stage II minus bicubic (pipeline): "
+        + ", ".join(f"{g:+.2f}" for g in clip_gains(result["per_clip"], "pipeline"))
+        + " dB.",
         "",
         "PSNR per CSG segment (frames of its noisy blocks), bidirectional vs read-only:",
         "",
@@ -286,7 +322,7 @@ def frame_grid(truth, videos, frame_ids) -> np.ndarray:
 
 def run(
     weights, out_dir, *, clips=8, frames=17, height=None, width=None, factor=4, seed=0,
-    first_clip_seed=FIRST_HELD_OUT_SEED, dit_weights="native",
+    first_clip_seed=FIRST_HELD_OUT_SEED, dit_weights="native", clip_set="procedural",
 ):  # fmt: skip
     """Evaluates with the demo preset's sampler settings and (by default) resolution."""
     import imageio.v3 as iio
@@ -307,8 +343,9 @@ def run(
         clip_seed = first_clip_seed + index
         key = jax.random.fold_in(jax.random.key(seed), index)
         scores, truth, videos = evaluate_clip(
-            models, pipeline_config, denoisers, clip_seed, frames, height, width, factor, key
-        )
+            models, pipeline_config, denoisers, clip_seed, frames, height, width, factor, key,
+            clip_set,
+        )  # fmt: skip
         per_clip.append(scores)
         first = first or (truth, videos)
         gain = np.mean(scores["oracle/stage2"]["psnr"][1:]) - np.mean(
@@ -317,6 +354,7 @@ def run(
         print(f"clip {clip_seed}: oracle Stage II - bicubic {gain:+.2f} dB", file=sys.stderr)
     result = {
         "settings": dict(
+            clip_set=clip_set,
             clips=clips,
             frames=frames,
             height=height,
@@ -358,6 +396,10 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=str(BUNDLED_WEIGHTS), help="demo model folder")
     parser.add_argument("--out", default="benchmarks/results/demo_quality")
     parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument(
+        "--set", dest="clip_set", default="procedural", choices=tuple(CLIP_SETS),
+        help="held-out procedural scenes, or held-out photographs (data/photos.py's split)",
+    )  # fmt: skip
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -378,6 +420,7 @@ def main(argv=None) -> int:
         result = run(
             args.weights, args.out, clips=args.clips, frames=args.frames, seed=args.seed,
             first_clip_seed=args.first_clip_seed, dit_weights=args.dit_weights,
+            clip_set=args.clip_set,
         )  # fmt: skip
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)

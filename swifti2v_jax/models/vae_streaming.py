@@ -29,6 +29,29 @@ def _take_tile(latent, y, x, height, width):
     return lax.dynamic_slice(latent, (0, 0, y, x, 0), (b, t, height, width, z))
 
 
+def _tiled_step(step, caches: list, x, tiling, scale_in: int, scale_out: int, offload: bool):
+    """One streaming step on every tile of x [B, t, H, W, C], each tile with its own cache in
+    `caches` (updated in place; host memory between steps when `offload`), outputs blended
+    like the whole-video tiled encode / decode. Tiles are in latent pixels: the input is
+    `scale_in` times larger, the output `scale_out` times."""
+    _, weights, total = _tile_arrays(tiling, scale_out)
+    out = None
+    for k, (y, x0) in enumerate(tiling.origins):
+        tile = _take_tile(
+            x, y * scale_in, x0 * scale_in, tiling.tile_h * scale_in, tiling.tile_w * scale_in
+        )
+        cache = caches[k]
+        if offload and cache is not None:
+            cache = jax.device_put(cache)
+        values, cache = step(cache, tile)
+        caches[k] = jax.device_get(cache) if offload else cache
+        if out is None:
+            shape = (x.shape[0], values.shape[1], *total.shape, values.shape[-1])
+            out = jnp.zeros(shape, jnp.float32)
+        out = _add_tile(out, values, weights[k], y * scale_out, x0 * scale_out)
+    return out / total[None, None, :, :, None]
+
+
 class StreamingDecoder:
     """Decode a latent video pushed in any grouping of frames; same pixels as `decode`.
 
@@ -88,23 +111,11 @@ class StreamingDecoder:
         return jnp.concatenate(outputs, axis=1)
 
     def _decode_tiles(self, frame, first: bool):
-        tiling, s = self._tiling, spatial_factor(self.config)
-        _, weights, total = _tile_arrays(tiling, s)
         if first:
-            self._cache = [None] * len(tiling.origins)
-        b, _, h, w, _ = frame.shape
-        out = None
-        for k, (y, x) in enumerate(tiling.origins):
-            tile = _take_tile(frame, y, x, tiling.tile_h, tiling.tile_w)
-            cache = self._cache[k]
-            if self.offload_cache and cache is not None:
-                cache = jax.device_put(cache)
-            pixels, cache = _decode_step(self.params, self.config, cache, tile, first)
-            self._cache[k] = jax.device_get(cache) if self.offload_cache else cache
-            if out is None:
-                out = jnp.zeros((b, pixels.shape[1], h * s, w * s, 3), jnp.float32)
-            out = _add_tile(out, pixels, weights[k], y * s, x * s)
-        return out / total[None, None, :, :, None]
+            self._cache = [None] * len(self._tiling.origins)
+        step = functools.partial(_decode_step, self.params, self.config, first=first)
+        s = spatial_factor(self.config)
+        return _tiled_step(step, self._cache, frame, self._tiling, 1, s, self.offload_cache)
 
 
 class StreamingEncoder:
@@ -113,17 +124,29 @@ class StreamingEncoder:
     Frames are buffered until they complete a chunk ([frame 0], then groups of
     `temporal_factor`); `push` returns the latent frames completed so far (possibly none).
     `finish()` checks that no frames are left over (the total must be 4k+1).
+
+    With `tile_size` (latent pixels), every spatial tile keeps its own encoder cache and each
+    chunk is encoded tile by tile and blended, like `encode(tile_size=...)` (the same latents,
+    exactly when one tile covers the frame); `offload_cache=True` keeps the tiles' caches in
+    host memory, one tile's on the device at a time.
     """
 
-    def __init__(self, params, config):
+    def __init__(
+        self, params, config, *, tile_size=None, tile_overlap: int = 4, offload_cache=False
+    ):
+        if offload_cache and tile_size is None:
+            raise ValueError("offload_cache needs tile_size (it moves one tile's cache at a time)")
         self.params = params
         self.config = as_config(config)
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
+        self.offload_cache = offload_cache
         self.reset()
 
     def reset(self):
         self._cache = None
         self._pending = None
         self._shape = None
+        self._tiling = None
         self.frames_in = 0
 
     @property
@@ -134,6 +157,9 @@ class StreamingEncoder:
         _check_video(self.config, frames, what="frames")
         b, t, h, w, _ = frames.shape
         if self._shape is None:
+            if self.tile_size is not None:
+                s = spatial_factor(self.config)
+                self._tiling = make_tiling(h // s, w // s, self.tile_size, self.tile_overlap)
             self._shape = (b, h, w)
         elif (b, h, w) != self._shape:
             raise ValueError(
@@ -151,9 +177,19 @@ class StreamingEncoder:
             if self.pending_frames < need:
                 break
             chunk, self._pending = self._pending[:, :need], self._pending[:, need:]
-            latent, self._cache = _encode_step(
-                self.params, self.config, self._cache, chunk, self._cache is None
-            )
+            first = self._cache is None
+            if self._tiling is None:
+                latent, self._cache = _encode_step(
+                    self.params, self.config, self._cache, chunk, first
+                )
+            else:
+                if first:
+                    self._cache = [None] * len(self._tiling.origins)
+                step = functools.partial(_encode_step, self.params, self.config, first=first)
+                s = spatial_factor(self.config)
+                latent = _tiled_step(
+                    step, self._cache, chunk, self._tiling, s, 1, self.offload_cache
+                )
             outputs.append(latent)
         return jnp.concatenate(outputs, axis=1) if outputs else None
 

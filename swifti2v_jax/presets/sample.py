@@ -7,6 +7,7 @@ preset one of
                      Lightning 4-step LoRAs merged at conversion (640x352, 4 Euler steps,
                      shift 5, no CFG, expert boundary 0.9); Stage II = Wan2.2-TI2V-5B in
                      training-free `refine` mode at 2560x1408, 81 frames, CSG M=3, N=1.
+                     Any --frames (4k+1, e.g. 1001): Stage I then runs in chunks of 81.
                      Needs --stage1_checkpoints (converted A14B) and --checkpoints (TI2V-5B).
   swifti2v_2k_ti2v   as above but Stage I is TI2V-5B itself (one conversion, --checkpoints).
   swifti2v_2k_concat as swifti2v_2k with a trained `concat` Stage II (--stage2 DIR).
@@ -70,7 +71,7 @@ def _base() -> ml_collections.ConfigDict:
             guide_scale=1.0,  # CFG (high-noise expert for a14b); 1.0 = no CFG
             guide_scale_low=-1.0,  # a14b low-noise expert; < 0 = same as guide_scale
             boundary=0.9,  # a14b expert switch: t >= boundary * 1000 -> high-noise expert
-            # Long clips (ti2v): Stage I in chunks of this many latent frames (0 = one pass;
+            # Long clips: Stage I in chunks of this many latent frames (0 = one pass;
             # 21 latents = 81 frames, Wan2.2's training length), each continuing from the
             # previous chunk's last `overlap` latent frames held clean.
             chunk_latents=0,
@@ -126,8 +127,13 @@ def demo() -> ml_collections.ConfigDict:
     c = _base()
     c.text_len = DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
     # Chunks of 17 latents = 17 frames (the demo VAE has no temporal stride), the length the
-    # demo Stage I is trained on.
-    c.stage1.update(steps=10, solver="unipc", schedule="unipc", shift=3.0, chunk_latents=17)
+    # demo Stage I is trained on. Each chunk continues from the previous chunk's last 3 latents:
+    # the seam jump falls with the overlap (benchmarks/results/stage1_seams: 1.96x the
+    # within-chunk change at 1, 1.70x at 3, 1.58x at 8) while Stage I cost grows as
+    # 16/(17 - overlap) per frame; 3 keeps most of the gain for 14% more Stage I time.
+    c.stage1.update(
+        steps=10, solver="unipc", schedule="unipc", shift=3.0, chunk_latents=17, overlap=3
+    )
     # One Euler step from z_ref noised to 0.7: the model's x0 prediction, the estimate
     # closest to the truth in PSNR (more steps draw sharper but less faithful samples).
     # Neighbours enter noised to 0.6. Chosen on validation clips (README "Demo models").
@@ -156,6 +162,9 @@ def swifti2v_2k() -> ml_collections.ConfigDict:
         guide_scale=1.0,
         guide_scale_low=-1.0,
         boundary=0.9,
+        # Clips longer than 81 frames (no upper limit: the streamed pipeline's memory and
+        # programs do not depend on the length): chunks of 21 latents, Wan2.2's 81 frames.
+        chunk_latents=21,
     )
     c.stage2.update(
         conditioning="refine",
@@ -197,8 +206,8 @@ def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
         dit_weights="int8", stream_layers="stage1",
         # 2K VAE encodes in 1024-pixel tiles (6 at 2560x1408): the untiled encode needs 20 GB
         encode_tile_size=64, encode_tile_overlap=16,
-        # the 12 decode tiles' causal caches (~3.5 GB each) wait in host memory
-        decode_offload_cache=True,
+        # the tiles' causal caches wait in host memory (encode: 6 x 2.5 GB, decode: 12 x 3.5 GB)
+        encode_offload_cache=True, decode_offload_cache=True,
     )  # fmt: skip
     return c
 

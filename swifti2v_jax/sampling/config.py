@@ -38,8 +38,8 @@ class MemoryOptions:
     decode_tile_overlap: overlap of neighbouring tiles in latent pixels.
     decode_offload_cache: keep the tiles' decoder caches in host memory, one tile's on the
       device at a time (2K: 12 tiles of 44 hold ~3.5 GB of cache each; host transfers instead).
-    encode_tile_size / encode_tile_overlap: the same for the 2K VAE encodes (hybrid reference
-      and anchor; models/vae_tiling.py): one tile's encoder state on the device at a time.
+    encode_tile_size / encode_tile_overlap / encode_offload_cache: the same for the 2K VAE
+      encodes (hybrid reference and anchor; vae.StreamingEncoder, one cache per tile).
     dit_weights: 'native' (as converted), or 'int8' / 'fp8': the DiT blocks' kernels
       quantized at load (models/quant.py; a checkpoint converted with --quantize loads as is).
     stream_layers: which DiTs keep their block kernels in host memory and copy one layer per
@@ -54,8 +54,16 @@ class MemoryOptions:
     decode_offload_cache: bool = False
     encode_tile_size: int = 0
     encode_tile_overlap: int = 4
+    encode_offload_cache: bool = False
     dit_weights: str = "native"
     stream_layers: str = "off"
+
+    @property
+    def encode_tiles(self) -> tuple[int, int, bool] | None:
+        """(tile_size, tile_overlap, offload_cache) for csg/reference.py; None = untiled."""
+        if not self.encode_tile_size:
+            return None
+        return (self.encode_tile_size, self.encode_tile_overlap, self.encode_offload_cache)
 
     def __post_init__(self):
         if self.dit_weights not in quant.WEIGHT_FORMATS:

@@ -17,7 +17,7 @@ from swifti2v_jax.models import streaming
 from swifti2v_jax.models import t5 as t5_lib
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
-from swifti2v_jax.sampling import stage1
+from swifti2v_jax.sampling import stage1_a14b
 from swifti2v_jax.sampling.config import PipelineConfig, PipelineError
 
 
@@ -155,11 +155,11 @@ def inspect_models(paths: ModelPaths, config: PipelineConfig) -> ModelSpecs:
             f"{stage1_dit.out_dim} (an I2V-A14B expert? set --config.stage1.backbone=a14b)"
         )
     if config.stage1.backbone == "a14b" and (
-        stage1_dit.out_dim != z1 or stage1_dit.in_dim != 2 * z1 + stage1.A14B_MASK_CHANNELS
+        stage1_dit.out_dim != z1 or stage1_dit.in_dim != 2 * z1 + stage1_a14b.MASK_CHANNELS
     ):
         raise PipelineError(
             f"Stage I backbone 'a14b' needs experts with out_dim {z1} and in_dim "
-            f"{2 * z1 + stage1.A14B_MASK_CHANNELS} (the Stage I VAE has z_dim {z1}); got "
+            f"{2 * z1 + stage1_a14b.MASK_CHANNELS} (the Stage I VAE has z_dim {z1}); got "
             f"in_dim {stage1_dit.in_dim}, out_dim {stage1_dit.out_dim}"
         )
     try:

@@ -7,9 +7,12 @@
     Stage II CSG (concat or refine) ─ each finished segment ─ streaming VAE decode ─ sink
 
 Each stage is a function of (models, inputs) that loads nothing itself: `encode_text`,
-`stage1_video`, `reference_latents`, `stage2_latents`. `run` chains them; it asks a model
-source (sampling/residency.py) for each model when its stage starts and tells it when a stage
-ends, so what is resident when is the source's policy, not the orchestrator's. sample.py (via
+`stage1_latent_chunks` (or `stage1_video`), `reference_latents`, `stage2_latents`. `run`
+interleaves them chunk by chunk (Stage I chunk -> reference -> the segments it completes ->
+decode -> sink), so memory is bounded whatever the clip length and the first frames reach
+the sink early. It asks a model source (sampling/residency.py) for each model when first
+needed and tells it when a stage ends (Stage I: after its last chunk), so what is resident
+when is the source's policy, not the orchestrator's. sample.py (via
 sampling/pipeline.py), eval/demo_quality.py and data/rollout.py all run these functions.
 """
 
@@ -30,7 +33,7 @@ from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.progress import bar as progress_bar
-from swifti2v_jax.sampling import stage1, stage2
+from swifti2v_jax.sampling import stage1, stage1_a14b, stage2
 from swifti2v_jax.sampling.clock import StageClock, peak_memory
 from swifti2v_jax.sampling.config import PipelineConfig
 from swifti2v_jax.sampling.models import ModelSpecs
@@ -43,7 +46,7 @@ FrameSink = Callable[[np.ndarray], None]
 @dataclasses.dataclass
 class GenerationResult:
     summary: dict[str, Any]
-    latents: jax.Array  # the Stage II latents [1, T, h, w, C]
+    latents: jax.Array | None  # the Stage II latents [1, T, h, w, C] (with keep_latents)
 
 
 def encode_text(encoder, prompt: str, negative_prompt: str, needs_negative: bool):
@@ -53,48 +56,70 @@ def encode_text(encoder, prompt: str, negative_prompt: str, needs_negative: bool
     return context, uncond
 
 
-def stage1_video(
-    models, dit_config, vae_config, config: stage1.Stage1Config, image_lo, *, frames: int,
-    context, uncond=None, key, on_expert=None,
+def stage1_latent_chunks(
+    models, vae_params, dit_config, vae_config, config: stage1.Stage1Config, image_lo, *,
+    frames: int, context, uncond=None, key, on_expert=None,
 ):  # fmt: skip
-    """Stage I from the low-res image [B, h, w, 3] -> video_low [B, frames, h, w, 3].
+    """Stage I from the low-res image [B, h, w, 3], as a generator of the clip's latents in
+    order: [B, n, h, w, C] pieces (each Stage I chunk's new frames; one piece for a single
+    pass). The pieces concatenated are the whole clip's z_low.
 
-    `models`: a model source (its Stage I VAE and DiTs); with `swaps_experts` the I2V-A14B
-    experts are loaded and freed in turn inside the sampling loop, else all Stage I DiTs
-    are resident together.
+    `models`: a model source (its Stage I DiTs; `vae_params` is its Stage I VAE); with
+    `swaps_experts` the I2V-A14B experts are loaded and freed in turn inside the sampling
+    loop, else all Stage I DiTs are resident together.
     """
-    vae_params = models.get_stage1_vae()
     dits = models.get_stage1_dits()
     if config.backbone == "ti2v":
         image_latent = vae_lib.encode(vae_params, vae_config, image_lo[:, None])
-        z_low = stage1.ti2v_image_to_video(
+        chunks = stage1.ti2v_chunks(
             dits[0], dit_config, config, image_latent=image_latent,
             num_latent_frames=vae_lib.num_latent_frames(vae_config, frames),
             context=context, uncond_context=uncond, key=key,
         )  # fmt: skip
     else:
-        condition = stage1.a14b_condition(vae_params, vae_config, image_lo, frames)
-        inputs = dict(
-            condition=condition, context=context, uncond_context=uncond, key=key,
+        experts = models.expert_loaders() if models.swaps_experts else tuple(dits)
+        chunks = stage1_a14b.a14b_chunks(
+            *experts, vae_params, vae_config, dit_config, config, image=image_lo, frames=frames,
+            context=context, uncond_context=uncond, key=key, on_expert=on_expert,
+            release=models.release_expert if models.swaps_experts else None,
+        )  # fmt: skip
+    for chunk in chunks:
+        yield chunk.latents if chunk.index == 0 else chunk.new
+
+
+def stage1_video(
+    models, dit_config, vae_config, config: stage1.Stage1Config, image_lo, *, frames: int,
+    context, uncond=None, key, on_expert=None,
+):  # fmt: skip
+    """Stage I from the low-res image [B, h, w, 3] -> video_low [B, frames, h, w, 3] (the
+    whole clip at once; `run` streams `stage1_latent_chunks` instead)."""
+    vae_params = models.get_stage1_vae()
+    pieces = list(
+        stage1_latent_chunks(
+            models,
+            vae_params,
+            dit_config,
+            vae_config,
+            config,
+            image_lo,
+            frames=frames,
+            context=context,
+            uncond=uncond,
+            key=key,
             on_expert=on_expert,
         )  # fmt: skip
-        if models.swaps_experts:
-            z_low = stage1.a14b_image_to_video_swapping(
-                *models.expert_loaders(), dit_config, config, release=models.release_expert,
-                **inputs,
-            )  # fmt: skip
-        else:
-            z_low = stage1.a14b_image_to_video(dits[0], dits[1], dit_config, config, **inputs)
+    )
+    z_low = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
     return vae_lib.decode(vae_params, vae_config, z_low)
 
 
 def reference_latents(vae_params, vae_config, video_low, image_hi, tiles=None):
     """-> (z_ref [B, T, h, w, C] of the hybrid reference, anchor [B, 1, h, w, C]).
-    tiles: None or (tile_size, tile_overlap) for a spatially tiled encode."""
+    tiles: MemoryOptions.encode_tiles (None: untiled)."""
     z_ref = reference.encode_hybrid_reference(
         vae_params, vae_config, video_low, image_hi, tiles=tiles
     )
-    anchor = reference.encode_anchor(vae_params, vae_config, image_hi, tiles=tiles)
+    anchor = reference.encode_anchor(vae_params, vae_config, image_hi, tiles)
     return z_ref, anchor
 
 
@@ -128,68 +153,46 @@ def run(
     seed: int = 0,
     sink: FrameSink | None = None,
     clock: StageClock | None = None,
+    keep_latents: bool = False,
 ) -> GenerationResult:
-    """Runs every stage; `sink` receives uint8 frames [n, H, W, 3] as segments finish.
+    """Runs every stage, interleaved: Stage I chunk k -> its part of the hybrid reference ->
+    the Stage II segments that part completes -> decode -> `sink` (uint8 frames [n, H, W, 3]).
 
+    Only one Stage I chunk and one CSG window (plus the anchor, neighbours and decoder
+    caches) are held at a time, so memory does not grow with the clip; the output equals
+    the stages run one after the other on the whole clip (tests/test_streaming.py).
     image: an RGB PIL image (any size; resized and centre-cropped to the plan's sizes).
+    keep_latents: also return the whole clip's Stage II latents (they grow with the clip).
     """
     clock = clock or StageClock()
     start = time.perf_counter()
     key_stage1, key_stage2 = jax.random.split(jax.random.key(seed))
     image_hi, image_lo = prepare_images(image, plan)
-    stages = progress_bar(
-        total=4, desc="SwiftI2V", unit="stage", disable=not config.progress, file=sys.stderr
+    num_chunks = len(
+        stage1.chunk_plan(
+            vae_lib.num_latent_frames(specs.stage1_vae, plan.frames),
+            config.stage1.chunk_latents,
+            config.stage1.overlap,
+        )
     )
+    bar = progress_bar(
+        total=plan.segments, desc="SwiftI2V", unit="segment", disable=not config.progress,
+        file=sys.stderr,
+    )  # fmt: skip
 
-    stages.set_postfix_str("text encoder")
+    bar.set_postfix_str("text encoder")
     encoder = models.get_text_encoder()
     with clock("text"):
         context, uncond = encode_text(
             encoder, prompt, negative_prompt, config.needs_negative_prompt
         )
     models.done_text(encoder)
-    stages.update()
 
-    stages.set_postfix_str(f"Stage I {plan.stage1_width}x{plan.stage1_height}")
     expert_forwards: dict[str, int] = {}
 
     def count(name: str, timestep: float) -> None:
         expert_forwards[name] = expert_forwards.get(name, 0) + 1
 
-    traces_before = stage1.TRACES["ti2v"]
-    with clock("stage1"):
-        video_low = stage1_video(
-            models,
-            specs.stage1,
-            specs.stage1_vae,
-            config.stage1,
-            image_lo,
-            frames=plan.frames,
-            context=context,
-            uncond=uncond,
-            key=key_stage1,
-            on_expert=count,
-        )
-        jax.block_until_ready(video_low)
-    if config.stage1.backbone == "ti2v":
-        expert_forwards = {"dit": config.stage1.steps * (2 if config.stage1.uses_cfg else 1)}
-    models.done_stage1()
-    stages.update()
-
-    stages.set_postfix_str("hybrid reference")
-    vae_params = models.get_vae()
-    with clock("reference_encode"):
-        tiles = (config.memory.encode_tile_size, config.memory.encode_tile_overlap)
-        z_ref, anchor = reference_latents(
-            vae_params, specs.vae, video_low, image_hi, tiles if tiles[0] else None
-        )
-        jax.block_until_ready((z_ref, anchor))
-    del video_low
-    stages.update()
-
-    stages.set_postfix_str(f"Stage II {plan.width}x{plan.height}")
-    params = models.get_stage2_dit()
-    denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
     first_frame: list[float] = []
 
     def timed_sink(frames) -> None:
@@ -198,12 +201,35 @@ def run(
         if sink is not None:
             sink(frames)
 
-    latents = _stage2_streaming(
-        denoiser, params, vae_params, specs, config, plan, z_ref, anchor, context, uncond,
-        key_stage2, timed_sink, clock,
+    traces_before = sum(stage1.TRACES.values())
+    stage1_vae = models.get_stage1_vae()
+    pieces = stage1_latent_chunks(
+        models, stage1_vae, specs.stage1, specs.stage1_vae, config.stage1, image_lo,
+        frames=plan.frames, context=context, uncond=uncond, key=key_stage1, on_expert=count,
     )  # fmt: skip
-    stages.update()
-    stages.close()
+    stage1_decoder = vae_lib.StreamingDecoder(stage1_vae, specs.stage1_vae)
+    streamer = None
+    for index in range(num_chunks):
+        bar.set_postfix_str(f"Stage I chunk {index + 1}/{num_chunks}")
+        with clock("stage1"):
+            video_low = stage1_decoder.push(next(pieces))
+            jax.block_until_ready(video_low)
+        if index == num_chunks - 1:
+            pieces.close()
+            del stage1_decoder, stage1_vae
+            models.done_stage1()
+        if streamer is None:
+            streamer = _Streamer(
+                models, specs, config, plan, image_hi, context, uncond, key_stage2, clock,
+                timed_sink, bar, keep_latents,
+            )  # fmt: skip
+        streamer.push(video_low)
+        del video_low
+    latents = streamer.finish()
+    bar.close()
+    if config.stage1.backbone == "ti2v":
+        per_chunk = config.stage1.steps * (2 if config.stage1.uses_cfg else 1)
+        expert_forwards = {"dit": per_chunk * num_chunks}
 
     clock.add("total", time.perf_counter() - start)
     memory, memory_source = peak_memory()
@@ -212,16 +238,11 @@ def run(
         seconds=seconds,
         peak_memory_bytes=memory,
         peak_memory_source=memory_source,
-        stage2_compilations=denoiser.traces,
-        # TI2V Stage I programs traced in this run (0 when already compiled in this process).
-        stage1_compilations=stage1.TRACES["ti2v"] - traces_before,
-        stage1_chunks=len(
-            stage1.chunk_plan(
-                vae_lib.num_latent_frames(specs.stage1_vae, plan.frames),
-                config.stage1.chunk_latents,
-                config.stage1.overlap,
-            )
-        ),
+        stage2_compilations=streamer.denoiser.traces,
+        # Stage I programs traced in this run (0 when already compiled in this process; the
+        # two I2V-A14B experts taking turns are one program each).
+        stage1_compilations=sum(stage1.TRACES.values()) - traces_before,
+        stage1_chunks=num_chunks,
         first_frame_seconds=round(first_frame[0], 3) if first_frame else None,
         stage2_tokens_per_forward=plan.tokens_per_forward,
         stage2_window_blocks=plan.windows[0].size,
@@ -244,42 +265,67 @@ def run(
     return GenerationResult(summary=summary, latents=latents)
 
 
-def _stage2_streaming(
-    denoiser, params, vae_params, specs, config, plan, z_ref, anchor, context, uncond, key,
-    sink, clock,
-):  # fmt: skip
-    """Stage II; each finished segment is decoded and sent to `sink` right away."""
-    memory = config.memory
-    decoder = vae_lib.StreamingDecoder(
-        vae_params, specs.vae, tile_size=memory.decode_tile_size or None,
-        tile_overlap=memory.decode_tile_overlap,
-        offload_cache=memory.decode_offload_cache and bool(memory.decode_tile_size),
-    )  # fmt: skip
-    bar = progress_bar(
-        total=plan.segments, desc="Stage II", unit="segment", disable=not config.progress,
-        leave=False, file=sys.stderr,
-    )  # fmt: skip
+class _Streamer:
+    """Decoded Stage I frames in, finished frames out: the hybrid reference (csg/reference.py),
+    Stage II CSG (stage2.SegmentStream) and the streaming VAE decode, each carrying its own
+    state from one push to the next."""
 
-    def emit(latents) -> None:
-        with clock("decode"):
-            frames = frames_to_uint8(decoder.push(latents)[0])
-            if sink is not None:
-                sink(frames)
+    def __init__(
+        self, models, specs, config, plan, image_hi, context, uncond, key, clock, sink, bar,
+        keep_latents,
+    ):  # fmt: skip
+        self.clock, self.sink, self.bar = clock, sink, bar
+        vae_params = models.get_vae()
+        with clock("reference_encode"):
+            tiles = config.memory.encode_tiles
+            anchor = reference.encode_anchor(vae_params, specs.vae, image_hi, tiles)
+            self.reference = reference.HybridReferenceEncoder(
+                vae_params, specs.vae, image_hi, tiles
+            )
+            jax.block_until_ready(anchor)
+        params = models.get_stage2_dit()
+        self.denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
+        self.segments = stage2.SegmentStream(
+            self.denoiser, params, num_blocks=plan.latent_frames, anchor=anchor,
+            context=context, uncond_context=uncond, key=key,
+        )  # fmt: skip
+        memory = config.memory
+        self.decoder = vae_lib.StreamingDecoder(
+            vae_params, specs.vae, tile_size=memory.decode_tile_size or None,
+            tile_overlap=memory.decode_tile_overlap,
+            offload_cache=memory.decode_offload_cache and bool(memory.decode_tile_size),
+        )  # fmt: skip
+        self.kept = [] if keep_latents else None
+        self._emit(anchor)  # block 0: the image's own latent, decoded first
 
-    emit(anchor)  # block 0: the image's own latent, decoded first
-    segment_start = time.perf_counter()
+    def _emit(self, latents) -> None:
+        with self.clock("decode"):
+            frames = frames_to_uint8(self.decoder.push(latents)[0])
+            self.sink(frames)
+        if self.kept is not None:
+            self.kept.append(latents)
 
-    def on_segment(result: stage2.SegmentResult) -> None:
-        nonlocal segment_start
-        jax.block_until_ready(result.latents)
-        clock.add("stage2", time.perf_counter() - segment_start)
-        emit(result.latents)
-        bar.update()
-        bar.set_postfix_str(f"blocks {result.blocks[0]}-{result.blocks[-1]}")
-        segment_start = time.perf_counter()
+    def push(self, video_low) -> None:
+        """The next decoded low-res frames -> every segment they complete, decoded and sunk."""
+        with self.clock("reference_encode"):
+            z_ref = self.reference.push(video_low)
+            if z_ref is None:
+                return
+            jax.block_until_ready(z_ref)
+        segments = self.segments.push(z_ref)
+        del z_ref  # the stream keeps the blocks it still needs
+        while True:
+            segment_start = time.perf_counter()
+            result = next(segments, None)
+            if result is None:
+                break
+            jax.block_until_ready(result.latents)
+            self.clock.add("stage2", time.perf_counter() - segment_start)
+            self._emit(result.latents)
+            self.bar.update()
 
-    latents = stage2_latents(
-        denoiser, params, z_ref, anchor, context, uncond=uncond, key=key, on_segment=on_segment
-    )
-    bar.close()
-    return latents
+    def finish(self) -> jax.Array | None:
+        self.reference.finish()
+        if not self.segments.done:
+            raise RuntimeError("internal error: the clip ended before its last CSG segment")
+        return None if self.kept is None else jnp.concatenate(self.kept, axis=1)

@@ -91,6 +91,7 @@ class CheckpointModels:
         self._stage1_vae = None
         self._stage1_dits: list = []
         self._stage2_dit = None
+        self._stage2_given = None  # the Stage II DiT handed out (never released here)
 
     def _load(self, path: Path, kind: str, stage: str | None = None):
         memory = self.config.memory
@@ -130,17 +131,26 @@ class CheckpointModels:
     def release_expert(self, params) -> None:
         release(params)
 
-    def done_stage1(self) -> None:
-        """Keeps what Stage II reuses (same checkpoint); frees the rest if release_stage1."""
+    def _shared_stage2(self):
+        """The resident Stage I DiT that is also Stage II's (same checkpoint, same layout)."""
         paths = self.paths
         same_layout = self.config.memory.stream_layers in ("off", "both")
         if paths.stage2 in paths.stage1 and self._stage1_dits and same_layout:
-            self._stage2_dit = self._stage1_dits[paths.stage1.index(paths.stage2)]
+            return self._stage1_dits[paths.stage1.index(paths.stage2)]
+        return None
+
+    def done_stage1(self) -> None:
+        """Keeps what Stage II reuses (same checkpoint); frees the rest if release_stage1.
+        Streaming runs may have taken the Stage II DiT already (while Stage I was running)."""
+        shared = self._shared_stage2()
+        if shared is not None and self._stage2_given is None:
+            self._stage2_dit = shared
+        keep = (self._stage2_dit, self._stage2_given)
         if self.config.memory.release_stage1:
             for params in self._stage1_dits:
-                if params is not self._stage2_dit:
+                if not any(params is k for k in keep):
                     release(params)
-            if paths.stage1_vae != paths.vae:
+            if self.paths.stage1_vae != self.paths.vae:
                 release(self._stage1_vae)
         self._stage1_dits = []
 
@@ -153,5 +163,8 @@ class CheckpointModels:
     def get_stage2_dit(self):
         params, self._stage2_dit = self._stage2_dit, None
         if params is None:
+            params = self._shared_stage2()  # asked for while Stage I is still running
+        if params is None:
             params = self._load(self.paths.stage2, "dit", "stage2")
+        self._stage2_given = params
         return params

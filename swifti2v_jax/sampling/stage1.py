@@ -9,28 +9,25 @@
   Few-step (Lightning LoRAs merged at conversion): 4 Euler steps, shift 5, guidance 1.
 
 Each sampler is one jitted program (all steps in a `lax.fori_loop`), cached per model config
-and Stage I settings.
+and Stage I settings. Long clips run in chunks of one length by latent continuation (one
+program for every chunk). The I2V-A14B samplers are in sampling/stage1_a14b.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from swifti2v_jax.io import image as image_io
-from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
 from swifti2v_jax.sampling import guidance as guidance_lib
 from swifti2v_jax.sampling import schedules, solvers
 
 BACKBONES = ("ti2v", "a14b")
-A14B_MASK_CHANNELS = 4  # the frame-0 mask repeated over the VAE's 4-frame temporal stride
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +50,7 @@ class Stage1Config:
     boundary: float = 0.9
     divisor: int = 4
     resolution: str = ""  # '' = target / divisor
-    # Long clips (TI2V): Stage I in chunks of this many latent frames (0 = one pass), each
+    # Long clips: Stage I in chunks of this many latent frames (0 = one pass), each
     # chunk after the first continuing from the previous chunk's last `overlap` latent frames.
     chunk_latents: int = 0
     overlap: int = 1
@@ -75,8 +72,6 @@ class Stage1Config:
             )
         if self.chunk_latents < 0 or (self.chunk_latents and self.chunk_latents < 2):
             raise ValueError(f"stage1.chunk_latents must be 0 or >= 2, got {self.chunk_latents}")
-        if self.chunk_latents and self.backbone != "ti2v":
-            raise ValueError("stage1.chunk_latents (chunked Stage I) needs the ti2v backbone")
         solvers.make_solver(self.solver)
         schedules.make_schedule(self.schedule, self.steps, self.shift)  # validates grid/shift
         self.guidance()
@@ -117,7 +112,8 @@ def initial_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 # TI2V-5B image-to-video
 
 
-TRACES = {"ti2v": 0}  # how often the TI2V program was traced (= compiled), for tests/summaries
+# How often each Stage I program was traced (= compiled), for tests and summaries.
+TRACES = {"ti2v": 0, "a14b": 0}
 
 
 @functools.cache
@@ -226,6 +222,13 @@ def chunk_plan(num_latent_frames: int, chunk: int, overlap: int) -> list[tuple[i
     return plan
 
 
+def chunk_length(num_latent_frames: int, config: Stage1Config) -> int:
+    """Latent frames of every Stage I chunk (the one program's length): the clip for a single
+    pass, else `chunk_latents` whatever the clip length."""
+    plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
+    return num_latent_frames if len(plan) == 1 else config.chunk_latents
+
+
 def ti2v_chunks(
     params, model_config: DiTConfig, config: Stage1Config, *, image_latent: jax.Array,
     num_latent_frames: int, context: jax.Array, uncond_context: jax.Array | None = None,
@@ -241,7 +244,7 @@ def ti2v_chunks(
     uncond = _uncond(config, context, uncond_context)
     batch, _, h, w, c = image_latent.shape
     plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
-    length = num_latent_frames if len(plan) == 1 else config.chunk_latents
+    length = chunk_length(num_latent_frames, config)
     sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
     previous = None
     for index, (start, num_known) in enumerate(plan):
@@ -257,201 +260,6 @@ def ti2v_chunks(
         previous = Chunk(index=index, start=start, known=num_known, latents=latents)
         # The clip's part of the chunk (the last chunk may run past the clip's end).
         yield dataclasses.replace(previous, latents=latents[:, : num_latent_frames - start])
-
-
-# --------------------------------------------------------------------------------------------
-# I2V-A14B
-
-
-def a14b_condition(vae_params, vae_config, image: jax.Array, num_frames: int) -> jax.Array:
-    """The 20 conditioning channels [mask (4) | image latent (16)] -> [B, T, h, w, 20].
-
-    image: [B, H, W, 3] in [-1, 1] at the Stage I size. The latent encodes a video whose
-    frame 0 is the image and whose other frames are zeros (Wan2.1 VAE); the mask is 1 on
-    latent frame 0 (frame 0's entry repeated over the 4-frame stride) and 0 elsewhere.
-    """
-    if image.ndim != 4:
-        raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
-    batch, height, width, _ = image.shape
-    video = jnp.zeros((batch, num_frames, height, width, 3), jnp.float32)
-    video = video.at[:, 0].set(image.astype(jnp.float32))
-    latent = vae_lib.encode(vae_params, vae_config, video)
-    mask = jnp.zeros((*latent.shape[:4], A14B_MASK_CHANNELS), latent.dtype).at[:, 0].set(1.0)
-    return jnp.concatenate([mask, latent], axis=-1)
-
-
-def _a14b_model_fn(model: WanDiT, condition, name: str, log_experts: bool):
-    """The DiT as a guidance model_fn: [noisy latent | mask | image latent], scalar t."""
-
-    def model_fn(p, x, timestep, text):
-        if log_experts:  # runs on the host only when this expert's branch runs
-            jax.debug.callback(functools.partial(_record_expert, name), timestep)
-        model_input = jnp.concatenate([x, condition.astype(x.dtype)], axis=-1)
-        t = jnp.broadcast_to(timestep, (x.shape[0],))
-        return model.apply({"params": p}, model_input, t, text).astype(jnp.float32)
-
-    return model_fn
-
-
-@functools.cache
-def _a14b_program(model_config: DiTConfig, config: Stage1Config, log_experts: bool):
-    """All steps, both experts resident; lax.cond picks one per step."""
-    model = WanDiT(model_config)
-    solver = solvers.make_solver(config.solver)
-    guidance = config.guidance()
-
-    def run(high, low, x_init, condition, context, uncond, sigmas, timesteps):
-        velocity_fn = guidance_lib.make_guided_velocity_fn(
-            _a14b_model_fn(model, condition, "high_noise", log_experts),
-            high,
-            context=context,
-            uncond_context=uncond if config.uses_cfg else None,
-            guidance=guidance,
-            low_noise_params=low,
-            low_noise_model_fn=_a14b_model_fn(model, condition, "low_noise", log_experts),
-        )
-        return solvers.sample_loop(solver, velocity_fn, x_init, sigmas, timesteps)
-
-    return jax.jit(run)
-
-
-@functools.cache
-def _a14b_phase_program(model_config: DiTConfig, config: Stage1Config, name: str, log: bool):
-    """Steps [start, stop) with ONE expert, carrying the solver state in and out."""
-    model = WanDiT(model_config)
-    solver = solvers.make_solver(config.solver)
-    low, high = config.guidance().scales
-    scale = high if name == "high_noise" else low
-
-    def run(params, x, state, condition, context, uncond, sigmas, timesteps, start, stop):
-        velocity_fn = guidance_lib.make_guided_velocity_fn(
-            _a14b_model_fn(model, condition, name, log),
-            params,
-            context=context,
-            uncond_context=uncond if scale != 1.0 else None,
-            guidance=guidance_lib.Guidance(guide_scale=scale),
-        )
-
-        def body(i, carry):
-            x, state = carry
-            v = velocity_fn(x, sigmas[i], timesteps[i], i)
-            return solver.step(state, x, v, sigmas, i)
-
-        return jax.lax.fori_loop(start, stop, body, (x, state))
-
-    return jax.jit(run)
-
-
-ExpertLog = Callable[[str, float], None]
-_EXPERT_LOG: list[ExpertLog] = []
-
-
-def _record_expert(name, timestep) -> None:
-    for callback in _EXPERT_LOG:
-        callback(str(name), float(timestep))
-
-
-@contextlib.contextmanager
-def _expert_logging(on_expert: ExpertLog | None):
-    if on_expert is None:
-        yield
-        return
-    _EXPERT_LOG.append(on_expert)
-    try:
-        yield
-        jax.effects_barrier()  # every debug callback has run
-    finally:
-        _EXPERT_LOG.remove(on_expert)
-
-
-def _check_a14b(model_config: DiTConfig, config: Stage1Config, condition) -> None:
-    if config.backbone != "a14b":
-        raise ValueError("I2V-A14B sampling needs a Stage1Config with backbone 'a14b'")
-    channels = model_config.out_dim
-    if model_config.in_dim != 2 * channels + A14B_MASK_CHANNELS:
-        raise ValueError(
-            f"an I2V-A14B expert takes {2 * channels + A14B_MASK_CHANNELS} input channels "
-            f"(latent, mask, image latent) for out_dim {channels}, got in_dim {model_config.in_dim}"
-        )
-    if condition.ndim != 5 or condition.shape[-1] != channels + A14B_MASK_CHANNELS:
-        raise ValueError(
-            f"condition must be [B, T, h, w, {channels + A14B_MASK_CHANNELS}], "
-            f"got {condition.shape}"
-        )
-
-
-def a14b_image_to_video(
-    high_params,
-    low_params,
-    model_config: DiTConfig,
-    config: Stage1Config,
-    *,
-    condition: jax.Array,
-    context: jax.Array,
-    uncond_context: jax.Array | None = None,
-    key: jax.Array,
-    on_expert: ExpertLog | None = None,
-) -> jax.Array:
-    """I2V-A14B sampling with the expert switch -> latents [B, T, h, w, out_dim].
-
-    Both experts stay on the device (one compiled program). condition: [B, T, h, w, 20] from
-    `a14b_condition`. on_expert(name, timestep) is called on the host for every expert
-    forward ('high_noise' or 'low_noise'), e.g. to count them.
-    """
-    _check_a14b(model_config, config, condition)
-    uncond = _uncond(config, context, uncond_context)
-    noise = initial_noise(key, (*condition.shape[:4], model_config.out_dim))
-    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
-    program = _a14b_program(model_config, config, on_expert is not None)
-    with _expert_logging(on_expert):
-        out = program(high_params, low_params, noise, condition, context, uncond, sigmas, timesteps)
-        if on_expert is not None:
-            jax.block_until_ready(out)
-    return out
-
-
-def a14b_image_to_video_swapping(
-    load_high: Callable[[], object],
-    load_low: Callable[[], object],
-    model_config: DiTConfig,
-    config: Stage1Config,
-    *,
-    condition: jax.Array,
-    context: jax.Array,
-    uncond_context: jax.Array | None = None,
-    key: jax.Array,
-    on_expert: ExpertLog | None = None,
-    release: Callable[[object], None] | None = None,
-) -> jax.Array:
-    """`a14b_image_to_video` with one expert in memory at a time (half the weight memory).
-
-    The high-noise steps are a prefix of the schedule: load_high() runs them, release(params)
-    frees it, then load_low() runs the rest. The solver state crosses over, so the result
-    equals the single-program version (up to float reassociation).
-    """
-    _check_a14b(model_config, config, condition)
-    uncond = _uncond(config, context, uncond_context)
-    x = initial_noise(key, (*condition.shape[:4], model_config.out_dim))
-    schedule = config.make_schedule()
-    sigmas, timesteps = solvers.as_schedule_arrays(schedule)
-    switch = config.guidance().num_high_noise_steps(schedule.timesteps)
-    state = solvers.make_solver(config.solver).init(x)
-    phases = [("high_noise", load_high, 0, switch), ("low_noise", load_low, switch, len(timesteps))]
-    with _expert_logging(on_expert):
-        for name, load, start, stop in phases:
-            if start == stop:
-                continue
-            params = load()
-            program = _a14b_phase_program(model_config, config, name, on_expert is not None)
-            x, state = program(
-                params, x, state, condition, context, uncond, sigmas, timesteps, start, stop
-            )
-            if release is not None:
-                jax.block_until_ready(x)
-                release(params)
-            del params
-        jax.block_until_ready(x)
-    return x
 
 
 def expert_steps(config: Stage1Config) -> dict[str, int]:

@@ -168,6 +168,100 @@ class SegmentResult:
     latents: jax.Array  # [B, len(blocks), h, w, C]
 
 
+def _check_inputs(config: CSGConfig, anchor, uncond_context) -> None:
+    if anchor.ndim != 5 or anchor.shape[1] != 1:
+        raise ValueError(f"need anchor [B, 1, h, w, C], got {anchor.shape}")
+    if config.guide_scale != 1.0 and uncond_context is None:
+        raise ValueError("guide_scale != 1 needs uncond_context (the negative prompt embedding)")
+
+
+class SegmentStream:
+    """Stage II segment by segment, as the hybrid reference arrives block by block.
+
+    `push(z_ref_blocks)` takes the next latent blocks of z_ref (block 0 first) and yields, in
+    order, every segment whose window is now complete. Only the blocks a later window still
+    needs are kept (the anchor, z_ref from the next window's first block on, generated blocks
+    from the next window's first neighbour on), so memory is one window plus what the caller
+    pushes at once, whatever the clip length. Noise depends only on (key, block index)
+    (`block_noise`), so any grouping of pushes gives the same segments bit for bit.
+    """
+
+    def __init__(
+        self, denoiser: WindowDenoiser, params, *, num_blocks: int, anchor: jax.Array,
+        context: jax.Array, uncond_context: jax.Array | None = None, key: jax.Array,
+    ):  # fmt: skip
+        _check_inputs(denoiser.config, anchor, uncond_context)
+        self.denoiser, self.params, self.key = denoiser, params, key
+        self.context, self.uncond = context, uncond_context
+        self.num_blocks = num_blocks
+        self.windows = denoiser.config.plan(num_blocks)
+        self.schedule = denoiser.config.make_schedule()
+        self.received = 0  # z_ref blocks pushed so far
+        self.next_segment = 0
+        self._refs: dict[int, jax.Array] = {}  # block -> z_ref [B, 1, h, w, C]
+        self._latents: dict[int, jax.Array] = {0: anchor}  # block -> generated latent
+
+    @property
+    def done(self) -> bool:
+        return self.next_segment == len(self.windows)
+
+    @property
+    def held_blocks(self) -> int:
+        """How many z_ref and latent blocks are held (bounded by the window, not the clip)."""
+        return len(self._refs) + len(self._latents)
+
+    def push(self, z_ref_blocks: jax.Array):
+        """z_ref_blocks [B, n, h, w, C]: the next n blocks -> yields `SegmentResult`s."""
+        anchor = self._latents[0]
+        if z_ref_blocks.ndim != 5 or z_ref_blocks.shape[2:] != anchor.shape[2:]:
+            raise ValueError(
+                f"z_ref blocks must be [B, n, {', '.join(map(str, anchor.shape[2:]))}], "
+                f"got {z_ref_blocks.shape}"
+            )
+        if self.received + z_ref_blocks.shape[1] > self.num_blocks:
+            raise ValueError(f"more z_ref blocks than the clip's {self.num_blocks}")
+        for i in range(z_ref_blocks.shape[1]):
+            self._refs[self.received + i] = z_ref_blocks[:, i : i + 1]
+        self.received += z_ref_blocks.shape[1]
+        while not self.done and self.windows[self.next_segment].blocks[-1] < self.received:
+            yield self._run(self.next_segment)
+            self.next_segment += 1
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drops blocks no later window reads (windows only move forward; block 0 stays)."""
+        keep_from = self.windows[self.next_segment].blocks[1] if not self.done else self.received
+        for store in (self._refs, self._latents):
+            for block in [b for b in store if 0 < b < keep_from]:
+                del store[block]
+
+    def _run(self, index: int) -> SegmentResult:
+        config, window = self.denoiser.config, self.windows[index]
+        blocks, is_noisy = window.as_arrays()
+        anchor = self._latents[0]
+        empty = jnp.zeros_like(anchor)  # noisy slots: replaced by their start below
+        current = jnp.concatenate([self._latents.get(int(b), empty) for b in blocks], axis=1)
+        ref = jnp.concatenate([self._refs[int(b)] for b in blocks], axis=1)
+        block_shape = (anchor.shape[0], *anchor.shape[2:])
+        noise = block_noise(self.key, blocks, block_shape)
+        if config.conditioning == "refine" or config.sigma_start < 1.0:
+            sigma0 = float(self.schedule.sigmas[0])
+            start = (1.0 - sigma0) * ref + sigma0 * noise
+        else:
+            start = noise
+        if config.neighbour_sigma > 0:
+            current = noise_neighbours(current, is_noisy, config.neighbour_sigma, self.key, blocks)
+        init = jnp.where(is_noisy[None, :, None, None, None], start, current)
+        out = self.denoiser(
+            self.params, init, ref, window, self.context, self.uncond, self.schedule
+        )
+        noisy_positions = np.flatnonzero(is_noisy)
+        new_blocks = out[:, noisy_positions]
+        for i, block in enumerate(blocks[noisy_positions]):
+            self._latents[int(block)] = new_blocks[:, i : i + 1]
+        return SegmentResult(index, window, window.noisy_blocks, new_blocks)
+
+
 def generate(
     denoiser: WindowDenoiser,
     params,
@@ -184,38 +278,24 @@ def generate(
     z_ref: [B, T, h, w, C] latent of the hybrid reference; anchor: [B, 1, h, w, C] latent of
     the input image (== z_ref[:, :1] for a causal VAE). Segments run in order; `on_segment`
     receives each segment's finished blocks (for streaming decode and progress bars).
-    `denoiser` carries the model and CSG configs (and the compiled window program).
+    `denoiser` carries the model and CSG configs (and the compiled window program). This is
+    `SegmentStream` with the whole z_ref pushed at once.
     """
-    config = denoiser.config
     if z_ref.ndim != 5 or anchor.shape != (z_ref.shape[0], 1, *z_ref.shape[2:]):
         raise ValueError(
             f"need z_ref [B, T, h, w, C] and anchor [B, 1, h, w, C], "
             f"got {z_ref.shape} and {anchor.shape}"
         )
-    if config.guide_scale != 1.0 and uncond_context is None:
-        raise ValueError("guide_scale != 1 needs uncond_context (the negative prompt embedding)")
-    schedule = config.make_schedule()
-    batch, num_blocks = z_ref.shape[:2]
-    block_shape = (batch, *z_ref.shape[2:])
-    buffer = jnp.zeros_like(z_ref).at[:, 0].set(anchor[:, 0])
-    for index, window in enumerate(config.plan(num_blocks)):
-        current, ref, blocks, is_noisy = inputs.gather_window(buffer, z_ref, window)
-        noise = block_noise(key, blocks, block_shape)
-        if config.conditioning == "refine" or config.sigma_start < 1.0:
-            sigma0 = float(schedule.sigmas[0])
-            start = (1.0 - sigma0) * ref + sigma0 * noise
-        else:
-            start = noise
-        if config.neighbour_sigma > 0:
-            current = noise_neighbours(current, is_noisy, config.neighbour_sigma, key, blocks)
-        init = jnp.where(is_noisy[None, :, None, None, None], start, current)
-        out = denoiser(params, init, ref, window, context, uncond_context, schedule)
-        noisy_positions = np.flatnonzero(is_noisy)
-        new_blocks = out[:, noisy_positions]
-        buffer = buffer.at[:, blocks[noisy_positions]].set(new_blocks)
+    stream = SegmentStream(
+        denoiser, params, num_blocks=z_ref.shape[1], anchor=anchor, context=context,
+        uncond_context=uncond_context, key=key,
+    )  # fmt: skip
+    parts = [anchor]
+    for result in stream.push(z_ref):
+        parts.append(result.latents)
         if on_segment is not None:
-            on_segment(SegmentResult(index, window, window.noisy_blocks, new_blocks))
-    return buffer
+            on_segment(result)
+    return jnp.concatenate(parts, axis=1)
 
 
 def tokens_per_forward(model_config: DiTConfig, window_blocks: int, latent_hw: tuple[int, int]):

@@ -64,6 +64,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, data_iterator):
         """-> state placed like `abstract_state` (ShapeDtypeStructs with shardings); the
         iterator is moved to where it was at `step` in place."""
+        check_process_count(self.directory / str(step))
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -82,6 +83,19 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def check_process_count(checkpoint: Path) -> None:
+    """Each process resumes its own data position (data/process_I-of-N.json): a checkpoint
+    written by N processes resumes only with N."""
+    written = sorted((checkpoint / "data").glob("process_*-of-*.json"))
+    if written:
+        count = int(written[0].stem.rsplit("-of-", 1)[1])
+        if count != jax.process_count():
+            raise ValueError(
+                f"{checkpoint} was written by {count} process(es), this run has "
+                f"{jax.process_count()}: resume with {count}, or start a new workdir"
+            )
 
 
 def abstract_like(tree):

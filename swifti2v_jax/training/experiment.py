@@ -129,10 +129,12 @@ def tokens_per_example(info: DataInfo, model: dit.DiTConfig, config) -> int:
     return window * (info.latent_hw[0] // ph) * (info.latent_hw[1] // pw)
 
 
-def make_loader(config, source, info: DataInfo, per_host_batch: int):
+def make_loader(config, source, info: DataInfo, batch_size: int, rows=None):
+    """Global batches of `batch_size`; `rows`: this process's rows of each (None: all)."""
     return loader_lib.make_loader(
         source,
-        batch_size=per_host_batch,
+        batch_size=batch_size,
+        rows=rows,
         window=window_spec(config),
         seed=config.data.seed,
         worker_count=config.data.worker_count,
@@ -217,6 +219,7 @@ def resolve_batch_size(config, mesh) -> None:
         config.batch_size = per_device * mesh.size
 
 
-def check_batch(config, mesh) -> int:
-    """The per-host batch (batch_size >= 1 is loop.check_config's rule)."""
+def check_batch(config, mesh) -> tuple[int, ...]:
+    """This process's rows of the global batch (batch_size >= 1 is loop.check_config's
+    rule)."""
     return sharding.check_batch_size(config.batch_size, mesh)

@@ -48,6 +48,10 @@ class LossConfig:
     online_degradation: str = "none"  # extra z_ref degradation applied on device
     degradation_factor: int = 2
     degradation_noise: float = 0.1
+    # Stage I continuation (sampling/stage1.py chunks start from `overlap` known latents): each
+    # example holds its first k ~ U{1..max_clean_frames} window blocks clean (timestep 0, no
+    # loss), the image frame being k = 1. 1 = the plain image-to-video layout.
+    max_clean_frames: int = 1
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
@@ -72,6 +76,8 @@ class LossConfig:
             raise ValueError(f"anchor_dropout must be in [0, 1], got {self.anchor_dropout}")
         if not 0.0 <= self.neighbour_noise < 1.0:
             raise ValueError(f"neighbour_noise must be in [0, 1), got {self.neighbour_noise}")
+        if self.max_clean_frames < 1:
+            raise ValueError(f"max_clean_frames must be >= 1, got {self.max_clean_frames}")
         if self.degradation_factor < 1 or self.degradation_noise < 0:
             raise ValueError("degradation_factor must be >= 1 and degradation_noise >= 0")
 
@@ -147,6 +153,27 @@ def draw_example_noise(example_keys, batch, config: LossConfig) -> ExampleNoise:
         batch["positions"],
     )
     return ExampleNoise(s=s, eps=eps, reference=reference, hide_anchor=hide, neighbour_sigma=a)
+
+
+CLEAN_FRAMES_STREAM = 1_000_003  # folded into an example's key: independent of its noise
+
+
+def with_clean_leading_frames(batch, example_keys, config: LossConfig):
+    """The batch with the first k window blocks of each example clean (is_noisy False), k drawn
+    per example from U{1..max_clean_frames}; unchanged when max_clean_frames is 1.
+
+    Applied before both the loss and its element count, so clean frames get timestep 0, keep
+    their true latents and carry no loss, exactly like the anchor.
+    """
+    if config.max_clean_frames == 1:
+        return batch
+    draw = lambda key: jax.random.randint(
+        jax.random.fold_in(key, CLEAN_FRAMES_STREAM), (), 1, config.max_clean_frames + 1
+    )
+    k = jax.vmap(draw)(example_keys)  # [B]
+    window = batch["is_noisy"].shape[1]
+    leading = jnp.arange(window)[None, :] < k[:, None]
+    return {**batch, "is_noisy": batch["is_noisy"].astype(bool) & ~leading}
 
 
 def noisy_element_count(batch) -> jax.Array:

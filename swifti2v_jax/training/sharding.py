@@ -93,10 +93,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """This host's slice of the batch (numpy, leading batch axis) -> global jax.Arrays.
+    """This process's rows of the batch (numpy, leading batch axis) -> global jax.Arrays.
 
-    Every host passes its own per-host batch; the global batch is their concatenation in
-    process order (`jax.make_array_from_process_local_data`).
+    Every process passes its own rows, `process_rows(mesh, global size)`: the global batch is
+    the same whatever the number of processes (`jax.make_array_from_process_local_data`).
     """
     sharding = batch_sharding(mesh)
     return {
@@ -105,12 +105,26 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     }
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-    """-> the per-host batch size; the global batch must split evenly over devices and hosts."""
+def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, ...]:
+    """-> the rows of the global batch held by this process's devices, ascending (the rows its
+    data loader reads, in the order `global_batch` expects them). The mesh's device order
+    decides them, not the process index: on a TPU slice they need not be one block."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+    rows = sorted({i for index in indices.values() for i in range(global_batch_size)[index[0]]})
+    if not rows:
+        raise ValueError(
+            f"process {jax.process_index()} has no device in the mesh ({dict(mesh.shape)}); "
+            "use all devices (mesh.num_devices=-1)"
+        )
+    return tuple(rows)
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> tuple[int, ...]:
+    """-> `process_rows`; the global batch must split evenly over the mesh's devices."""
     devices = mesh.size
     if global_batch_size % devices:
         raise ValueError(
             f"batch_size {global_batch_size} must be a multiple of the {devices} devices of the "
             f"mesh (the batch is split over 'data' x 'fsdp')"
         )
-    return global_batch_size // jax.process_count()
+    return process_rows(mesh, global_batch_size)

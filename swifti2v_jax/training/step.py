@@ -69,6 +69,7 @@ def make_train_step(
         # The models read the mesh from here for sharding hints and splash's shard_map.
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             keys = example_keys(state, batch["latents"].shape[0])
+            batch = loss_lib.with_clean_leading_frames(batch, keys, loss_config)
             count = loss_lib.noisy_element_count(batch)
 
             def loss_fn(trainable):

@@ -1,0 +1,63 @@
+"""Stage I chunk seams of the demo models for several overlaps (issue 18, boundary quality).
+
+    python -m benchmarks.stage1_seams [--weights DIR] --out benchmarks/results/stage1_seams
+
+Runs benchmarks/long_video.py's seam measurement (`seam_jump`: held-out procedural first
+frames, 65 latent frames in chunks of 17, mean frame-to-frame change at chunk seams vs inside
+chunks) unchanged, on the given demo weights, for overlaps 1..4 and 8. Target: ratio <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks import common, long_video
+from swifti2v_jax.demo import BUNDLED_WEIGHTS
+
+OVERLAPS = (1, 2, 3, 4, 8)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Stage I chunk seams (demo models)",
+        "",
+        f"Weights: {report['weights']}. benchmarks/long_video.py `seam_jump`: "
+        f"{long_video.SEAM_LATENTS} latent frames in chunks of 17, held-out procedural seeds "
+        f"{list(long_video.HELD_OUT_SEEDS)}.",
+        "",
+        "| overlap | seam change | inside change | ratio (target <= 1.5) | per clip |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for r in report["seams"]:
+        lines.append(
+            f"| {r['overlap']} | {r['seam_change']:.4f} | {r['inside_change']:.4f} | "
+            f"{r['ratio']:.2f} | {', '.join(f'{x:.2f}' for x in r['per_clip_ratio'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    seams = report["seams"]
+    ax.plot([r["overlap"] for r in seams], [r["ratio"] for r in seams], "o-")
+    ax.axhline(1.5, color="k", lw=0.5, ls=":")
+    ax.set(xlabel="overlap (latent frames)", ylabel="seam / inside change", ylim=(0, None))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stage1_seams"))
+    parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS)
+    args = parser.parse_args()
+    long_video.BUNDLED_WEIGHTS = args.weights  # seam_jump reads its weights from here
+    seams = [long_video.seam_jump(overlap) for overlap in OVERLAPS]
+    report = dict(environment=common.backend_info(), weights=str(args.weights), seams=seams)
+    common.write_outputs(args.out, report, markdown, plot, "seams.png")
+
+
+if __name__ == "__main__":
+    main()

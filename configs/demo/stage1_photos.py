@@ -1,0 +1,29 @@
+"""The demo's Stage I, phase 2: fine-tuning on procedural + photograph clips, with continuation.
+
+    python train.py --config=configs/demo/stage1_photos.py --workdir runs/demo/stage1_photos \
+        --config.data.path=runs/demo/data_photos/stage1 \
+        --config.init_checkpoint=runs/demo/stage1/model
+
+Data: `python -m swifti2v_jax.demo.dataset --photo-clips ...` (procedural scenes mixed with
+the training photographs under the same camera motion, data/photos.py). Phase 1
+(configs/demo/stage1.py) only saw procedural scenes and turned a photograph into coloured noise
+within a few frames.
+
+Continuation (sampling/stage1.py chunks): each example holds its first k ~ U{1..3} latent
+frames clean at timestep 0 with no loss (loss.max_clean_frames), so a chunk that starts from
+the previous chunk's last `overlap` latents is a layout the model has trained on.
+"""
+
+import ml_collections
+
+from configs.demo import stage1
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = stage1.get_config()
+    config.num_steps = 2500
+    config.optimizer.learning_rate = 2e-4
+    config.optimizer.warmup_steps = 50
+    config.loss.max_clean_frames = 3
+    config.allow_random_init = False  # a fine-tune: --config.init_checkpoint is required
+    return config
