@@ -117,9 +117,10 @@ PROGRAMS = {
 NOTES = """\
 VAE rows at the preset's tiles: `vae_encode_tiled` is the chunk scan over one 64 x 64-latent
 (1024 x 1024 pixel) tile of the 81-frame hybrid reference (vae.encode(tile_size=64): 6 tiles
-at 2K, one after the other; its arguments hold the tile's video, 1.0 GB, and encoder cache,
-2.5 GB; chunk 0 and the one-frame anchor encode are smaller programs). `vae_decode_tiled` is
-the streaming decoder's step on one 44 x 44 tile; its 12 tiles' caches (3.5 GB each) wait in
+at 2K; its arguments hold the tile's video, 1.0 GB, and encoder cache, 2.5 GB). The streaming
+pipeline runs that scan's body, one chunk of one tile (vae.StreamingEncoder(tile_size=64),
+the 6 caches in host memory), so this row bounds it; chunk 0 and the anchor are smaller.
+`vae_decode_tiled` is the streaming decoder's step on one 44 x 44 tile; its 12 tiles' caches (3.5 GB each) wait in
 host memory (memory.decode_offload_cache), so one is on the device at a time. `vae_encode`
 (untiled, not in the preset) shows why the encode is tiled. Not in any single program: during
 Stage II the int8 TI2V-5B weights (5.23 GB) and the VAE encoder's parameters (0.60 GB) stay on
