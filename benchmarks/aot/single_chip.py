@@ -120,13 +120,13 @@ VAE rows at the preset's tiles: `vae_encode_tiled` is the chunk scan over one 64
 at 2K; its arguments hold the tile's video, 1.0 GB, and encoder cache, 2.5 GB). The streaming
 pipeline runs that scan's body, one chunk of one tile (vae.StreamingEncoder(tile_size=64),
 the 6 caches in host memory), so this row bounds it; chunk 0 and the anchor are smaller.
-`vae_decode_tiled` is the streaming decoder's step on one 44 x 44 tile; its 12 tiles' caches (3.5 GB each) wait in
-host memory (memory.decode_offload_cache), so one is on the device at a time. `vae_encode`
-(untiled, not in the preset) shows why the encode is tiled. Not in any single program: during
-Stage II the int8 TI2V-5B weights (5.23 GB) and the VAE encoder's parameters (0.60 GB) stay on
-the device while each finished segment is decoded, so the decode step runs beside them:
-9.78 + 5.23 + 0.60 = 15.6 GB on v5e, under its 16 GB but over the 15 GB budget (the Stage II
-window beside the whole VAE: 6.37 + 2.82 = 9.2 GB)."""
+`vae_decode_tiled` is the streaming decoder's step on one 44 x 44 tile; its 12 tiles' caches
+(3.5 GB each) wait in host memory (memory.decode_offload_cache), one on the device at a time.
+`vae_encode` (untiled, not in the preset) shows why the encode is tiled. Not in any single
+program: during Stage II the int8 TI2V-5B weights (5.23 GB) and the VAE encoder's parameters
+(0.60 GB) stay on the device while each finished segment is decoded, so the decode step runs
+beside them: 9.78 + 5.23 + 0.60 = 15.6 GB on v5e, under its 16 GB but over the 15 GB budget
+(the Stage II window beside the whole VAE: 6.37 + 2.82 = 9.2 GB)."""
 
 
 def run_one(program: str, target: str) -> dict:
