@@ -123,10 +123,12 @@ the 6 caches in host memory), so this row bounds it; chunk 0 and the anchor are 
 `vae_decode_tiled` is the streaming decoder's step on one 44 x 44 tile; its 12 tiles' caches
 (3.5 GB each) wait in host memory (memory.decode_offload_cache), one on the device at a time.
 `vae_encode` (untiled, not in the preset) shows why the encode is tiled. Not in any single
-program: during Stage II the int8 TI2V-5B weights (5.23 GB) and the VAE encoder's parameters
-(0.60 GB) stay on the device while each finished segment is decoded, so the decode step runs
-beside them: 9.78 + 5.23 + 0.60 = 15.6 GB on v5e, under its 16 GB but over the 15 GB budget
-(the Stage II window beside the whole VAE: 6.37 + 2.82 = 9.2 GB)."""
+program: the streaming pipeline interleaves the reference encode, the Stage II windows and
+the decode, so the int8 TI2V-5B weights (5.23 GB) and the whole VAE (encoder 0.60 GB, decoder
+2.22 GB) stay on the device. The decode step beside the rest: 9.78 + 5.23 + 0.60 = 15.6 GB on
+v5e; the encode tile step: <= 8.72 - 1.0 (no tile video) + 5.23 + 2.22 = 15.2 GB; the window:
+6.37 + 2.82 = 9.2 GB. Under a v5e chip's 16 GB, over the 15 GB budget (estimates: sums of
+separately compiled programs and resident arrays)."""
 
 
 def run_one(program: str, target: str) -> dict:
