@@ -304,7 +304,7 @@ def test_tiled_streaming_encoder_equals_the_tiled_encode():
     """One encoder cache per tile, chunks pushed in any grouping (caches on the device or
     offloaded to the host): the latents of the whole-clip tiled encode."""
     _, config, params = build_reference("wan22")
-    video = _smooth_video(64, 96, frames=9)
+    video = _smooth_video(64, 96)
     tiled = np.asarray(vae.encode(params, config, video, tile_size=4, tile_overlap=2))
     for offload in (False, True):
         encoder = vae.StreamingEncoder(
