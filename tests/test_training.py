@@ -137,6 +137,8 @@ def _losses(workdir: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in map(json.loads, lines)}
 
 
+# The same loop under two processes, SIGTERM to one, is in CI (tests/test_multihost_train.py).
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     """train.py with the tiny preset (synthetic data, 8 devices); measured: SIGTERM after ~5
     of 150 steps, resumed losses bit-identical to the uninterrupted run."""
