@@ -103,6 +103,10 @@ def _base() -> ml_collections.ConfigDict:
             swap_stage1_experts=True,  # a14b: one expert on the device at a time
             decode_tile_size=0,  # Stage II decode in latent tiles of this size (0 = off)
             decode_tile_overlap=2,
+            decode_offload_cache=False,  # tiled decode: tile caches in host memory
+            encode_tile_size=0,  # the 2K VAE encodes in latent tiles of this size (0 = off)
+            encode_tile_overlap=4,
+            encode_offload_cache=False,  # tiled encode: tile caches in host memory
             # DiT block kernels: 'native' (as converted), 'int8' or 'fp8' (quantized at load)
             dit_weights="native",
             # block kernels in host memory, one layer on the device at a time:
