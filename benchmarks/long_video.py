@@ -90,11 +90,12 @@ def r_squared(x, y) -> float:
     return float(1.0 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
-def seam_jump(overlap: int) -> dict:
-    """Mean |frame_i - frame_{i-1}| at chunk seams vs inside chunks, over held-out clips."""
+def seam_jump(overlap: int, weights: Path = BUNDLED_WEIGHTS) -> dict:
+    """Mean |frame_i - frame_{i-1}| at chunk seams vs inside chunks, over held-out clips, with
+    the demo models in `weights`."""
     settings = pipeline_config(presets.get_config("demo")).stage1
     settings = dataclasses.replace(settings, overlap=overlap)
-    root = BUNDLED_WEIGHTS
+    root = Path(weights)
     dit_config, dit_params = checkpoints.load(root / "dit", "dit")
     dit_config = DiTConfig.from_dict(dit_config)
     vae_config, vae_params = checkpoints.load(root / "vae", "vae")
@@ -162,15 +163,25 @@ def markdown(report: dict) -> str:
         "## Stage I chunk seams (held-out procedural clips, "
         f"{SEAM_LATENTS} frames, seeds {list(HELD_OUT_SEEDS)})",
         "",
-        "| overlap | seam change | inside change | ratio (target <= 1.5) |",
-        "|---:|---:|---:|---:|",
+        *seam_table(report["seams"]),
     ]
-    for r in report["seams"]:
+    return "\n".join(lines) + "\n"
+
+
+def seam_table(seams: list[dict], per_clip: bool = False) -> list[str]:
+    """Markdown rows of `seam_jump` results (with each clip's ratio when `per_clip`)."""
+    lines = [
+        "| overlap | seam change | inside change | ratio (target <= 1.5) |"
+        + (" per clip |" if per_clip else ""),
+        "|---:|---:|---:|---:|" + ("---|" if per_clip else ""),
+    ]
+    for r in seams:
+        clips = ", ".join(f"{x:.2f}" for x in r["per_clip_ratio"])
         lines.append(
             f"| {r['overlap']} | {r['seam_change']:.4f} | {r['inside_change']:.4f} | "
-            f"{r['ratio']:.2f} |"
+            f"{r['ratio']:.2f} |" + (f" {clips} |" if per_clip else "")
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:

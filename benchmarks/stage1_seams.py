@@ -26,14 +26,8 @@ def markdown(report: dict) -> str:
         f"{long_video.SEAM_LATENTS} latent frames in chunks of 17, held-out procedural seeds "
         f"{list(long_video.HELD_OUT_SEEDS)}.",
         "",
-        "| overlap | seam change | inside change | ratio (target <= 1.5) | per clip |",
-        "|---:|---:|---:|---:|---|",
+        *long_video.seam_table(report["seams"], per_clip=True),
     ]
-    for r in report["seams"]:
-        lines.append(
-            f"| {r['overlap']} | {r['seam_change']:.4f} | {r['inside_change']:.4f} | "
-            f"{r['ratio']:.2f} | {', '.join(f'{x:.2f}' for x in r['per_clip_ratio'])} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -53,8 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stage1_seams"))
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS)
     args = parser.parse_args()
-    long_video.BUNDLED_WEIGHTS = args.weights  # seam_jump reads its weights from here
-    seams = [long_video.seam_jump(overlap) for overlap in OVERLAPS]
+    seams = [long_video.seam_jump(overlap, args.weights) for overlap in OVERLAPS]
     report = dict(environment=common.backend_info(), weights=str(args.weights), seams=seams)
     common.write_outputs(args.out, report, markdown, plot, "seams.png")
 

@@ -240,10 +240,7 @@ def _render(arrays, frames: int, height: int, width: int):
 
 def render(scene: PhotoScene, frames: int, height: int, width: int) -> np.ndarray:
     """The clip as float32 [frames, height, width, 3] in [-1, 1]."""
-    if frames < 1 or height < 1 or width < 1:
-        raise ValueError(f"need a positive clip size, got {frames}x{height}x{width}")
-    arrays = jax.tree.map(jnp.asarray, _scene_arrays(scene))
-    return np.asarray(_render(arrays, frames, height, width))
+    return procedural.render_with(_scene_arrays, _render, scene, frames, height, width)
 
 
 def render_pair(

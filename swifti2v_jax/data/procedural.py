@@ -240,10 +240,16 @@ def _render(arrays, frames: int, height: int, width: int):
 
 def render(scene: Scene, frames: int, height: int, width: int) -> np.ndarray:
     """The clip as float32 [frames, height, width, 3] in [-1, 1]."""
+    return render_with(_scene_arrays, _render, scene, frames, height, width)
+
+
+def render_with(scene_arrays, render_fn, scene, frames: int, height: int, width: int):
+    """Checks the clip size, then renders `scene` with `render_fn(scene_arrays(scene), frames,
+    height, width)` (this module's scenes and data/photos.py's) -> float32 numpy."""
     if frames < 1 or height < 1 or width < 1:
         raise ValueError(f"need a positive clip size, got {frames}x{height}x{width}")
-    arrays = jax.tree.map(jnp.asarray, _scene_arrays(scene))
-    return np.asarray(_render(arrays, frames, height, width))
+    arrays = jax.tree.map(jnp.asarray, scene_arrays(scene))
+    return np.asarray(render_fn(arrays, frames, height, width))
 
 
 def box_downsample(video: np.ndarray, factor: int) -> np.ndarray:

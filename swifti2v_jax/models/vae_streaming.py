@@ -52,7 +52,54 @@ def _tiled_step(step, caches: list, x, tiling, scale_in: int, scale_out: int, of
     return out / total[None, None, :, :, None]
 
 
-class StreamingDecoder:
+class _TiledStream:
+    """What the streaming decoder and encoder share: the tile settings, the check that pushed
+    arrays continue the stream, and one cached step over the whole frame or tile by tile (one
+    cache per tile, in host memory between steps with `offload_cache`)."""
+
+    def __init__(self, params, config, tile_size, tile_overlap: int, offload_cache: bool):
+        if offload_cache and tile_size is None:
+            raise ValueError("offload_cache needs tile_size (it moves one tile's cache at a time)")
+        self.params = params
+        self.config = as_config(config)
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
+        self.offload_cache = offload_cache
+        self.reset()
+
+    def reset(self):
+        self._cache = None
+        self._shape = None
+        self._tiling = None
+
+    def _continue_stream(self, x, latent_h: int, latent_w: int, what: str) -> None:
+        """Fixes (batch, height, width) and the tiling on the first push; later pushes must
+        match."""
+        b, _, h, w, _ = x.shape
+        if self._shape is None:
+            self._shape = (b, h, w)
+            if self.tile_size is not None:
+                self._tiling = make_tiling(latent_h, latent_w, self.tile_size, self.tile_overlap)
+        elif (b, h, w) != self._shape:
+            raise ValueError(
+                f"{what} of shape {x.shape} do not continue the stream of batch/size "
+                f"{self._shape}; call reset() to start a new video"
+            )
+
+    def _step(self, step_fn, x, first: bool, scale_in: int, scale_out: int):
+        """step_fn(params, config, cache, x, first) -> (out, cache), on the whole frame or on
+        every tile (`_tiled_step`); the cache (or the tiles' caches) is kept here."""
+        if self._tiling is None:
+            out, self._cache = step_fn(self.params, self.config, self._cache, x, first)
+            return out
+        if first:
+            self._cache = [None] * len(self._tiling.origins)
+        step = functools.partial(step_fn, self.params, self.config, first=first)
+        return _tiled_step(
+            step, self._cache, x, self._tiling, scale_in, scale_out, self.offload_cache
+        )
+
+
+class StreamingDecoder(_TiledStream):
     """Decode a latent video pushed in any grouping of frames; same pixels as `decode`.
 
     `push(latents [B, t, h, w, z])` returns the pixel frames those latent frames complete
@@ -69,56 +116,27 @@ class StreamingDecoder:
     def __init__(
         self, params, config, *, tile_size=None, tile_overlap: int = 2, offload_cache=False
     ):
-        if offload_cache and tile_size is None:
-            raise ValueError("offload_cache needs tile_size (it moves one tile's cache at a time)")
-        self.params = params
-        self.config = as_config(config)
-        self.tile_size, self.tile_overlap = tile_size, tile_overlap
-        self.offload_cache = offload_cache
-        self.reset()
+        super().__init__(params, config, tile_size, tile_overlap, offload_cache)
 
     def reset(self):
-        self._cache = None
-        self._shape = None
-        self._tiling = None
+        super().reset()
         self.latent_frames = 0
 
     def push(self, latents) -> jax.Array:
         _check_latents(self.config, latents)
-        b, t, h, w, _ = latents.shape
-        if self._shape is None:
-            self._shape = (b, h, w)
-            if self.tile_size is not None:
-                self._tiling = make_tiling(h, w, self.tile_size, self.tile_overlap)
-        elif (b, h, w) != self._shape:
-            raise ValueError(
-                f"latents of shape {latents.shape} do not continue the stream of batch/size "
-                f"{self._shape}; call reset() to start a new video"
-            )
+        t, h, w = latents.shape[1:4]
+        self._continue_stream(latents, h, w, "latents")
         latents = jnp.asarray(latents)
+        s = spatial_factor(self.config)
         outputs = []
         for i in range(t):
             first = self.latent_frames == 0
-            frame = latents[:, i : i + 1]
-            if self._tiling is None:
-                pixels, self._cache = _decode_step(
-                    self.params, self.config, self._cache, frame, first
-                )
-            else:
-                pixels = self._decode_tiles(frame, first)
-            outputs.append(pixels)
+            outputs.append(self._step(_decode_step, latents[:, i : i + 1], first, 1, s))
             self.latent_frames += 1
         return jnp.concatenate(outputs, axis=1)
 
-    def _decode_tiles(self, frame, first: bool):
-        if first:
-            self._cache = [None] * len(self._tiling.origins)
-        step = functools.partial(_decode_step, self.params, self.config, first=first)
-        s = spatial_factor(self.config)
-        return _tiled_step(step, self._cache, frame, self._tiling, 1, s, self.offload_cache)
 
-
-class StreamingEncoder:
+class StreamingEncoder(_TiledStream):
     """Encode a video pushed in any grouping of frames; same latents as `encode`.
 
     Frames are buffered until they complete a chunk ([frame 0], then groups of
@@ -134,19 +152,11 @@ class StreamingEncoder:
     def __init__(
         self, params, config, *, tile_size=None, tile_overlap: int = 4, offload_cache=False
     ):
-        if offload_cache and tile_size is None:
-            raise ValueError("offload_cache needs tile_size (it moves one tile's cache at a time)")
-        self.params = params
-        self.config = as_config(config)
-        self.tile_size, self.tile_overlap = tile_size, tile_overlap
-        self.offload_cache = offload_cache
-        self.reset()
+        super().__init__(params, config, tile_size, tile_overlap, offload_cache)
 
     def reset(self):
-        self._cache = None
+        super().reset()
         self._pending = None
-        self._shape = None
-        self._tiling = None
         self.frames_in = 0
 
     @property
@@ -155,17 +165,9 @@ class StreamingEncoder:
 
     def push(self, frames) -> jax.Array | None:
         _check_video(self.config, frames, what="frames")
-        b, t, h, w, _ = frames.shape
-        if self._shape is None:
-            if self.tile_size is not None:
-                s = spatial_factor(self.config)
-                self._tiling = make_tiling(h // s, w // s, self.tile_size, self.tile_overlap)
-            self._shape = (b, h, w)
-        elif (b, h, w) != self._shape:
-            raise ValueError(
-                f"frames of shape {frames.shape} do not continue the stream of batch/size "
-                f"{self._shape}; call reset() to start a new video"
-            )
+        t, h, w = frames.shape[1:4]
+        s = spatial_factor(self.config)
+        self._continue_stream(frames, h // s, w // s, "frames")
         frames = jnp.asarray(frames, jnp.float32)
         self._pending = (
             frames if self._pending is None else jnp.concatenate([self._pending, frames], 1)
@@ -177,20 +179,7 @@ class StreamingEncoder:
             if self.pending_frames < need:
                 break
             chunk, self._pending = self._pending[:, :need], self._pending[:, need:]
-            first = self._cache is None
-            if self._tiling is None:
-                latent, self._cache = _encode_step(
-                    self.params, self.config, self._cache, chunk, first
-                )
-            else:
-                if first:
-                    self._cache = [None] * len(self._tiling.origins)
-                step = functools.partial(_encode_step, self.params, self.config, first=first)
-                s = spatial_factor(self.config)
-                latent = _tiled_step(
-                    step, self._cache, chunk, self._tiling, s, 1, self.offload_cache
-                )
-            outputs.append(latent)
+            outputs.append(self._step(_encode_step, chunk, self._cache is None, s, 1))
         return jnp.concatenate(outputs, axis=1) if outputs else None
 
     def finish(self):
