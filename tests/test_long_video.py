@@ -21,9 +21,12 @@ SETTINGS = stage1.Stage1Config(backbone="ti2v", steps=2, solver="unipc", schedul
 
 @pytest.fixture(scope="module")
 def dit(tmp_path_factory):
+    from swifti2v_jax.models import vae as vae_lib
+
     root = demo_build.build(tmp_path_factory.mktemp("demo") / "ti2v", stage1="ti2v")
     config, params = checkpoints.load(root / "dit", "dit")
-    return DiTConfig.from_dict(config), params
+    vae_config, vae = checkpoints.load(root / "vae", "vae")
+    return DiTConfig.from_dict(config), params, vae_lib.as_config(vae_config), vae
 
 
 def _inputs(config: DiTConfig):
@@ -34,10 +37,18 @@ def _inputs(config: DiTConfig):
 
 
 def _chunks(dit, frames, **settings):
-    config, params = dit
+    config, params, vae_config, vae = dit
     settings = dataclasses.replace(SETTINGS, **settings)
     return list(
-        stage1.ti2v_chunks(params, config, settings, num_latent_frames=frames, **_inputs(config))
+        stage1.ti2v_chunks(
+            params,
+            config,
+            settings,
+            num_latent_frames=frames,
+            vae_params=vae,
+            vae_config=vae_config,
+            **_inputs(config),
+        )  # fmt: skip
     )
 
 
@@ -56,39 +67,68 @@ def test_chunk_plan_covers_the_clip_with_fixed_length_chunks():
 
 
 def test_one_chunk_equals_the_single_pass_exactly(dit):
+    from swifti2v_jax.models import vae as vae_lib
+
+    config, params, vae_config, vae = dit
     whole = _chunks(dit, 5)
     assert len(whole) == 1 and whole[0].latents.shape[1] == 5
+    direct = stage1.ti2v_image_to_video(
+        params, config, SETTINGS, num_latent_frames=5, **_inputs(config)
+    )
+    np.testing.assert_array_equal(np.asarray(whole[0].latents), np.asarray(direct))
+    # ... decoded on its own (streaming decoder = whole-clip decode)
+    np.testing.assert_allclose(
+        np.asarray(whole[0].video), np.asarray(vae_lib.decode(vae, vae_config, direct)), atol=1e-5
+    )
     one = _chunks(dit, 5, chunk_latents=5)
     np.testing.assert_array_equal(np.asarray(one[0].latents), np.asarray(whole[0].latents))
     # Chunk 0 of a long clip is the single pass over one chunk's length.
     long = _chunks(dit, 13, chunk_latents=5, overlap=2)
     np.testing.assert_array_equal(np.asarray(long[0].latents), np.asarray(whole[0].latents))
+    # A chunked clip is several clips: the one-pass API refuses it.
+    with pytest.raises(ValueError, match="chunks of 5"):
+        stage1.ti2v_image_to_video(
+            params, config, dataclasses.replace(SETTINGS, chunk_latents=5), num_latent_frames=13,
+            **_inputs(config),
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("overlap", [1, 2])
-def test_chunks_continue_from_the_previous_chunks_last_latents(dit, overlap):
-    config, params = dit
+def test_chunks_continue_from_the_previous_chunks_last_frames_as_a_clip_start(dit, overlap):
+    """Chunk k + 1's known latents are chunk k's last pixel frames encoded as the start of a
+    clip (not chunk k's own latents of those frames, a mid-clip form); the clip's video is
+    chunk 0's video and then each chunk's new frames."""
+    from swifti2v_jax.models import vae as vae_lib
+
+    config, params, vae_config, vae = dit
+    step = vae_lib.temporal_factor(vae_config)
     before = stage1.TRACES["ti2v"]
     chunks = _chunks(dit, 13, chunk_latents=5, overlap=overlap)
     assert [(c.start, c.known) for c in chunks] == stage1.chunk_plan(13, 5, overlap)
     for previous, chunk in zip(chunks, chunks[1:], strict=False):
         assert chunk.known == overlap and chunk.start == previous.start + 5 - overlap
-        np.testing.assert_array_equal(
-            np.asarray(chunk.latents[:, :overlap]), np.asarray(previous.latents[:, -overlap:])
+        pixels = vae_lib.decode(vae, vae_config, previous.latents)[:, step * (5 - overlap) :]
+        assert pixels.shape[1] == 1 + step * (overlap - 1)
+        np.testing.assert_allclose(
+            np.asarray(chunk.latents[:, :overlap]),
+            np.asarray(vae_lib.encode(vae, vae_config, pixels)), atol=1e-4,
+        )  # fmt: skip
+        # The test can fail: re-encoding changes the causal VAE's latents, and the new
+        # frames are generated, not copied.
+        mid_clip = previous.latents[:, -overlap:]
+        assert float(jnp.abs(chunk.latents[:, :overlap] - mid_clip).max()) > 1e-3
+        assert (
+            float(jnp.abs(chunk.new[:, :1] - chunk.latents[:, overlap - 1 : overlap]).max()) > 1e-3
         )
-        # The test can fail: the new frames are generated, not copied.
-        assert float(jnp.abs(chunk.new[:, :1] - previous.latents[:, -1:]).max()) > 1e-3
-    latents = stage1.assemble(chunks)
-    assert latents.shape[1] == 13 and bool(jnp.isfinite(latents).all())
-    np.testing.assert_array_equal(
-        np.asarray(latents[:, :1]), np.asarray(_inputs(config)["image_latent"])
-    )
-    # The same through the one-call API.
-    settings = dataclasses.replace(SETTINGS, chunk_latents=5, overlap=overlap)
-    direct = stage1.ti2v_image_to_video(
-        params, config, settings, num_latent_frames=13, **_inputs(config)
-    )
-    np.testing.assert_array_equal(np.asarray(direct), np.asarray(latents))
+        np.testing.assert_allclose(
+            np.asarray(chunk.video),
+            np.asarray(vae_lib.decode(vae, vae_config, chunk.latents)), atol=1e-5,
+        )  # fmt: skip
+    video = jnp.concatenate([c.new_video(vae_config) for c in chunks], axis=1)
+    assert video.shape[1] == vae_lib.num_pixel_frames(vae_config, 13)
+    assert bool(jnp.isfinite(video).all())
+    np.testing.assert_array_equal(np.asarray(chunks[0].latents[:, :1]),
+                                  np.asarray(_inputs(config)["image_latent"]))  # fmt: skip
     # One compiled program for every chunk: a longer clip compiles nothing new.
     traced = stage1.TRACES["ti2v"] - before
     assert traced <= 1
@@ -162,6 +202,7 @@ def test_a14b_condition_mask_marks_the_known_pixel_frames():
 
 
 def test_a14b_chunk_zero_is_the_single_pass_and_one_program_serves_every_chunk(a14b):
+    from swifti2v_jax.models import vae as vae_lib
     from swifti2v_jax.sampling import stage1_a14b
 
     config, high, low, vae_config, vae = a14b
@@ -183,11 +224,16 @@ def test_a14b_chunk_zero_is_the_single_pass_and_one_program_serves_every_chunk(a
     assert traced <= 1
     # Chunk 0 of a long clip is the single pass over one chunk's length.
     np.testing.assert_array_equal(np.asarray(chunks[0].latents), np.asarray(whole[0].latents))
+    step = vae_lib.temporal_factor(vae_config)
     for previous, chunk in zip(chunks, chunks[1:], strict=False):
-        np.testing.assert_array_equal(
-            np.asarray(chunk.latents[:, :1]), np.asarray(previous.latents[:, -1:])
+        # The known frames: the previous chunk's last pixel frames (decoded on its own).
+        known = vae_lib.decode(vae, vae_config, previous.latents)[:, step * (3 - 1) :]
+        np.testing.assert_allclose(
+            np.asarray(previous.last_frames(vae_config, 1)), np.asarray(known), atol=1e-5
         )
         assert float(jnp.abs(chunk.new - previous.latents[:, -1:]).max()) > 1e-3
     assert sum(c.latents.shape[1] - (c.known if c.index else 0) for c in chunks) == 7
+    video = jnp.concatenate([c.new_video(vae_config) for c in chunks], axis=1)
+    assert video.shape[1] == 25
     _a14b_chunks(a14b, 41, chunk_latents=3, overlap=1)  # longer: nothing new to compile
     assert stage1.TRACES["a14b"] - before == traced

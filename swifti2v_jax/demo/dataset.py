@@ -13,6 +13,11 @@ then:
               decoded low-res frames), exactly as sampling builds it (csg/reference.py).
   OUT/stage1  latents = VAE(low-res clip); reference = the latents (unused: no z_ref).
 
+With --stage1-references DIT the Stage II references are built from what that Stage I model
+makes of the clip's first low-res frame (demo sampler, the clip's caption), as in the
+pipeline, instead of from the true low-res clip: Stage II then trains on the references it
+gets at sampling time, drift and flicker included.
+
 Captions name the camera's horizontal pan ('... pans left/right'), embedded with the demo's
 umT5 (`--text`: a folder with t5/ and tokenizer/, e.g. from `python -m swifti2v_jax.demo.build`).
 Both folders are written all-or-nothing by data/prepare.py's writer.
@@ -23,14 +28,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from swifti2v_jax import checkpoints, text
 from swifti2v_jax.csg import reference
 from swifti2v_jax.data import photos, prepare, procedural, records
 from swifti2v_jax.models import vae
+from swifti2v_jax.models.dit import DiTConfig
+from swifti2v_jax.presets import sample as sample_presets
+from swifti2v_jax.sampling import orchestrator
+from swifti2v_jax.sampling.config import pipeline_config
+from swifti2v_jax.sampling.residency import ResidentModels
 
 STAGES = ("stage1", "stage2")
 
@@ -58,6 +71,32 @@ class TextEncoder:
         return self._cache[prompt]
 
 
+class Stage1Videos:
+    """The low-res video a trained Stage I makes from a clip's first frame and caption: what
+    Stage II is given at sampling time (the demo preset's Stage I sampler)."""
+
+    def __init__(self, dit_dir, vae_params, vae_config, seed: int = 0):
+        dit_config, params = checkpoints.load(dit_dir, kind="dit")
+        self.dit_config = DiTConfig.from_dict(dit_config)
+        self.vae_config = vae_config
+        self.models = ResidentModels(
+            stage1_dits=(params,), stage1_vae=vae_params, stage2_dit=None, vae=vae_params
+        )
+        sampler = pipeline_config(sample_presets.get_config("demo"))
+        self.settings, self.text_len = sampler.stage1, sampler.text_len
+        self.seed = seed
+
+    def __call__(self, low: np.ndarray, context: np.ndarray, name: str) -> jax.Array:
+        """low [F, h, w, 3] (only frame 0 is used), context [L, d] -> video [1, F, h, w, 3]."""
+        padded = jnp.asarray(records.pad_context(context, self.text_len))[None]
+        # Each clip its own noise, fixed by its name (the same clip, the same video).
+        key = jax.random.fold_in(jax.random.key(self.seed), zlib.crc32(name.encode()))
+        return orchestrator.stage1_video(
+            self.models, self.dit_config, self.vae_config, self.settings,
+            jnp.asarray(low[None, 0]), frames=low.shape[0], context=padded, key=key,
+        )  # fmt: skip
+
+
 def source_clip(source: str, seed: int, frames, height, width, factor):
     """(high, low, prompt, name) of one training clip: a procedural scene or a photograph
     scene (training photos only: data/photos.py's split)."""
@@ -71,15 +110,18 @@ def source_clip(source: str, seed: int, frames, height, width, factor):
 
 def clip_records(
     seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype,
-    source="procedural",
+    source="procedural", stage1_videos: Stage1Videos | None = None,
 ):  # fmt: skip
     """-> {'stage1': record, 'stage2': record} for one clip."""
     high, low, prompt, name = source_clip(source, seed, frames, height, width, factor)
     latents = vae.encode(vae_params, vae_config, high[None])
     low_latents = vae.encode(vae_params, vae_config, low[None])
-    low_decoded = vae.decode(vae_params, vae_config, low_latents)
-    z_ref = reference.encode_hybrid_reference(vae_params, vae_config, low_decoded, high[None, 0])
     context = encode_text(prompt)
+    if stage1_videos is None:
+        video_low = vae.decode(vae_params, vae_config, low_latents)
+    else:
+        video_low = stage1_videos(low, context, name)
+    z_ref = reference.encode_hybrid_reference(vae_params, vae_config, video_low, high[None, 0])
     as_np = lambda x: np.asarray(x[0], np.float32)
     return {
         "stage2": records.make_record(as_np(latents), as_np(z_ref), context, prompt, name, dtype),
@@ -93,6 +135,7 @@ def build(
     vae_dir, text_dir, out_dir, *, num_clips: int, first_seed: int = 0, frames: int = 17,
     height: int = 64, width: int = 128, factor: int = 4, dtype: str = "float16",
     overwrite: bool = False, progress: bool = True, photo_clips: int = 0,
+    stage1_references=None,
 ) -> dict[str, prepare.PrepareReport]:  # fmt: skip
     out_dir = Path(out_dir)
     if num_clips < 0 or photo_clips < 0 or num_clips + photo_clips < 1:
@@ -106,6 +149,9 @@ def build(
         vae_config.temporal_factor, vae_config.spatial_factor * factor
     )
     encode_text = TextEncoder(Path(text_dir))
+    stage1_videos = None
+    if stage1_references is not None:
+        stage1_videos = Stage1Videos(stage1_references, vae_params, vae_config)
 
     # Both data sets are built in one pass (the clips are rendered and encoded once), then
     # written by the shared shard writer.
@@ -120,7 +166,7 @@ def build(
     for source, seed in seeds:
         made = clip_records(
             seed, vae_params, vae_config, encode_text, frames, height, width, factor, dtype,
-            source,
+            source, stage1_videos,
         )  # fmt: skip
         for stage in STAGES:
             per_stage[stage].append((made[stage]["name"], made[stage]))
@@ -136,6 +182,7 @@ def build(
                 height=height if stage == "stage2" else height // factor,
                 width=width if stage == "stage2" else width // factor,
                 vae=str(vae_dir), encode_seconds=round(seconds, 1),
+                stage1_references=None if stage1_references is None else str(stage1_references),
             )
         }  # fmt: skip
         reports[stage] = prepare.write_dataset(
@@ -155,6 +202,10 @@ def main(argv=None) -> int:
         "--photo-clips", type=int, default=0,
         help="extra clips of training photographs under camera motion (data/photos.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stage1-references", default=None, metavar="DIT",
+        help="build the Stage II references from this Stage I model's videos (see above)",
+    )  # fmt: skip
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--height", type=int, default=64)
@@ -167,7 +218,7 @@ def main(argv=None) -> int:
             args.vae, args.text, args.out, num_clips=args.num_clips,
             first_seed=args.first_seed, frames=args.frames, height=args.height,
             width=args.width, factor=args.factor, overwrite=args.overwrite,
-            photo_clips=args.photo_clips,
+            photo_clips=args.photo_clips, stage1_references=args.stage1_references,
         )  # fmt: skip
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)

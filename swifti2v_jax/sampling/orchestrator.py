@@ -1,13 +1,13 @@
 """The stage sequence of SwiftI2V, run on models a model source hands over.
 
     image ─ resize/crop to the target ─┬─ Stage I size ─ Stage I (TI2V-5B or I2V-A14B)
-    prompt ─ umT5 (+ negative prompt)  │      ─ z_low ─ Stage I VAE decode ─ video_low
+    prompt ─ umT5 (+ negative prompt)  │      ─ Stage I VAE decode (per chunk) ─ video_low
                                        └─ hybrid reference (upsample video_low, frame 0 :=
                                           image) ─ Wan2.2 VAE encode ─ z_ref; anchor = encode(image)
     Stage II CSG (concat or refine) ─ each finished segment ─ streaming VAE decode ─ sink
 
 Each stage is a function of (models, inputs) that loads nothing itself: `encode_text`,
-`stage1_latent_chunks` (or `stage1_video`), `reference_latents`, `stage2_latents`. `run`
+`stage1_video_chunks` (or `stage1_video`), `reference_latents`, `stage2_latents`. `run`
 interleaves them chunk by chunk (Stage I chunk -> reference -> the segments it completes ->
 decode -> sink), so memory is bounded whatever the clip length and the first frames reach
 the sink early. It asks a model source (sampling/residency.py) for each model when first
@@ -56,13 +56,13 @@ def encode_text(encoder, prompt: str, negative_prompt: str, needs_negative: bool
     return context, uncond
 
 
-def stage1_latent_chunks(
+def stage1_video_chunks(
     models, vae_params, dit_config, vae_config, config: stage1.Stage1Config, image_lo, *,
     frames: int, context, uncond=None, key, on_expert=None,
 ):  # fmt: skip
-    """Stage I from the low-res image [B, h, w, 3], as a generator of the clip's latents in
-    order: [B, n, h, w, C] pieces (each Stage I chunk's new frames; one piece for a single
-    pass). The pieces concatenated are the whole clip's z_low.
+    """Stage I from the low-res image [B, h, w, 3], as a generator of the clip's low-res video
+    in order: [B, n, h, w, 3] pieces (chunk 0's video, then each later chunk's new frames; one
+    piece for a single pass). Each chunk is decoded on its own (sampling/stage1.py `Chunk`).
 
     `models`: a model source (its Stage I DiTs; `vae_params` is its Stage I VAE); with
     `swaps_experts` the I2V-A14B experts are loaded and freed in turn inside the sampling
@@ -74,7 +74,8 @@ def stage1_latent_chunks(
         chunks = stage1.ti2v_chunks(
             dits[0], dit_config, config, image_latent=image_latent,
             num_latent_frames=vae_lib.num_latent_frames(vae_config, frames),
-            context=context, uncond_context=uncond, key=key,
+            context=context, uncond_context=uncond, key=key, vae_params=vae_params,
+            vae_config=vae_config,
         )  # fmt: skip
     else:
         experts = models.expert_loaders() if models.swaps_experts else tuple(dits)
@@ -84,7 +85,7 @@ def stage1_latent_chunks(
             release=models.release_expert if models.swaps_experts else None,
         )  # fmt: skip
     for chunk in chunks:
-        yield chunk.latents if chunk.index == 0 else chunk.new
+        yield chunk.new_video(vae_config)
 
 
 def stage1_video(
@@ -92,25 +93,14 @@ def stage1_video(
     context, uncond=None, key, on_expert=None,
 ):  # fmt: skip
     """Stage I from the low-res image [B, h, w, 3] -> video_low [B, frames, h, w, 3] (the
-    whole clip at once; `run` streams `stage1_latent_chunks` instead)."""
-    vae_params = models.get_stage1_vae()
+    whole clip at once; `run` streams `stage1_video_chunks` instead)."""
     pieces = list(
-        stage1_latent_chunks(
-            models,
-            vae_params,
-            dit_config,
-            vae_config,
-            config,
-            image_lo,
-            frames=frames,
-            context=context,
-            uncond=uncond,
-            key=key,
-            on_expert=on_expert,
+        stage1_video_chunks(
+            models, models.get_stage1_vae(), dit_config, vae_config, config, image_lo,
+            frames=frames, context=context, uncond=uncond, key=key, on_expert=on_expert,
         )  # fmt: skip
     )
-    z_low = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
-    return vae_lib.decode(vae_params, vae_config, z_low)
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
 
 
 def reference_latents(vae_params, vae_config, video_low, image_hi, tiles=None):
@@ -203,20 +193,19 @@ def run(
 
     traces_before = sum(stage1.TRACES.values())
     stage1_vae = models.get_stage1_vae()
-    pieces = stage1_latent_chunks(
+    pieces = stage1_video_chunks(
         models, stage1_vae, specs.stage1, specs.stage1_vae, config.stage1, image_lo,
         frames=plan.frames, context=context, uncond=uncond, key=key_stage1, on_expert=count,
     )  # fmt: skip
-    stage1_decoder = vae_lib.StreamingDecoder(stage1_vae, specs.stage1_vae)
     streamer = None
     for index in range(num_chunks):
         bar.set_postfix_str(f"Stage I chunk {index + 1}/{num_chunks}")
         with clock("stage1"):
-            video_low = stage1_decoder.push(next(pieces))
+            video_low = next(pieces)
             jax.block_until_ready(video_low)
         if index == num_chunks - 1:
             pieces.close()
-            del stage1_decoder, stage1_vae
+            del stage1_vae
             models.done_stage1()
         if streamer is None:
             streamer = _Streamer(

@@ -86,7 +86,7 @@ def _whole_video(name, params, config, first, rest, step_fn, rest_program) -> li
 
 def _a14b_programs(specs, config, text, length, latent1, p_vae1) -> list[Program]:
     """Per chunk: the conditioning video encoded, the sampler (both experts in one program,
-    or one program per expert when they take turns), the chunk decoded for the next one."""
+    or one program per expert when they take turns)."""
     vae1, cfg = specs.stage1_vae, config.stage1
     h1, w1 = (n * vae_lib.spatial_factor(vae1) for n in latent1)
     frames = vae_lib.num_pixel_frames(vae1, length)
@@ -109,11 +109,6 @@ def _a14b_programs(specs, config, text, length, latent1, p_vae1) -> list[Program
         program = stage1_a14b._program(specs.stage1, cfg, True)
         args = (expert, expert, x, condition, text, text, sigmas, timesteps)
         programs.append(Program("stage1_a14b_experts", program, args))
-    programs += _whole_video(
-        "stage1_chunk_decode", p_vae1, vae1, _struct((1, 1, *latent1, vae1.z_dim)),
-        _struct((1, length - 1, *latent1, vae1.z_dim)), vae_lib._decode_step,
-        vae_lib._decode_rest_program,
-    )  # fmt: skip
     return programs
 
 
@@ -139,6 +134,8 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
             dit_lib.abstract_params(specs.stage1), x_init, _struct((), jnp.int32), text, text,
             _struct(sigmas.shape), _struct(timesteps.shape),
         )  # fmt: skip
+        # The image, and a chunk's last pixel frames as the next chunk's first latents (its
+        # first frame is an image-sized step; a longer overlap also encodes the rest).
         programs = [
             Program(
                 "stage1_image_encode", vae_lib._encode_step, (p_vae1, vae1, None, image_lo, True)
@@ -146,6 +143,14 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
             Program("stage1_dit_chunk", stage1._ti2v_program(specs.stage1, config.stage1),
                     chunk_args),
         ]  # fmt: skip
+        rest = vae_lib.temporal_factor(vae1) * (config.stage1.overlap - 1)
+        if rest:
+            programs += _whole_video(
+                "stage1_continuation_encode", p_vae1, vae1, image_lo,
+                _struct((1, rest, h1, w1, 3)), vae_lib._encode_step,
+                vae_lib._encode_rest_program,
+            )[1:]  # fmt: skip
+    # Every chunk is decoded on its own by a streaming decoder (one latent frame per step).
     programs += _decoder("stage1_decode", p_vae1, vae1, latent1)
 
     # The hybrid reference: upsample a group of frames, encode it; the anchor is `_first`.

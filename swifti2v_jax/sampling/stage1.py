@@ -9,8 +9,10 @@
   Few-step (Lightning LoRAs merged at conversion): 4 Euler steps, shift 5, guidance 1.
 
 Each sampler is one jitted program (all steps in a `lax.fori_loop`), cached per model config
-and Stage I settings. Long clips run in chunks of one length by latent continuation (one
-program for every chunk). The I2V-A14B samplers are in sampling/stage1_a14b.py.
+and Stage I settings. Long clips run in chunks of one length (one program for every chunk);
+each chunk is a clip of its own: it is decoded on its own, and the next chunk continues from
+its last pixel frames, re-entered as the start of a clip (see `Chunk`). The I2V-A14B samplers
+are in sampling/stage1_a14b.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swifti2v_jax.io import image as image_io
+from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig, WanDiT
 from swifti2v_jax.sampling import guidance as guidance_lib
 from swifti2v_jax.sampling import schedules, solvers
@@ -161,12 +164,25 @@ def ti2v_image_to_video(
     uncond_context: jax.Array | None = None,
     key: jax.Array,
 ) -> jax.Array:
-    """TI2V-5B image-to-video sampling -> latents [B, T, h, w, C] with [:, 0] == image_latent.
+    """TI2V-5B image-to-video sampling in one pass -> latents [B, T, h, w, C] with [:, 0] ==
+    image_latent. A clip longer than one chunk is several clips (`ti2v_chunks`, or the decoded
+    video from sampling/orchestrator.py `stage1_video`).
 
     image_latent: [B, 1, h, w, C] normalised VAE latent of the (Stage I size) image.
     """
+    _check_ti2v(model_config, config, image_latent, num_latent_frames)
+    if len(chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)) > 1:
+        raise ValueError(
+            f"{num_latent_frames} latent frames run in chunks of {config.chunk_latents}: each "
+            "chunk is a clip of its own, use ti2v_chunks or orchestrator.stage1_video"
+        )
+    return _ti2v_chunk(params, model_config, config, image_latent, num_latent_frames, context,
+                       _uncond(config, context, uncond_context), key)  # fmt: skip
+
+
+def _check_ti2v(model_config: DiTConfig, config: Stage1Config, image_latent, num_latent_frames):
     if config.backbone != "ti2v":
-        raise ValueError("ti2v_image_to_video needs a Stage1Config with backbone 'ti2v'")
+        raise ValueError("TI2V sampling needs a Stage1Config with backbone 'ti2v'")
     if image_latent.ndim != 5 or image_latent.shape[1] != 1:
         raise ValueError(f"image_latent must be [B, 1, h, w, C], got {image_latent.shape}")
     if image_latent.shape[-1] != model_config.in_dim or model_config.in_dim != model_config.out_dim:
@@ -177,33 +193,62 @@ def ti2v_image_to_video(
         )
     if num_latent_frames < 2:
         raise ValueError(f"need at least 2 latent frames, got {num_latent_frames}")
-    chunks = ti2v_chunks(
-        params, model_config, config, image_latent=image_latent,
-        num_latent_frames=num_latent_frames, context=context, uncond_context=uncond_context,
-        key=key,
-    )  # fmt: skip
-    return assemble(list(chunks))
 
 
-def assemble(chunks) -> jax.Array:
-    """The clip's latents from its chunks: chunk 0 whole, then each chunk's new frames."""
-    parts = [chunks[0].latents, *(chunk.new for chunk in chunks[1:])]
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+def _ti2v_chunk(params, model_config, config, known, length, context, uncond, key):
+    """One TI2V pass over `length` latent frames whose first known.shape[1] are given."""
+    batch, num_known, h, w, c = known.shape
+    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
+    x_init = initial_noise(key, (batch, length, h, w, c)).at[:, :num_known].set(known)
+    program = _ti2v_program(model_config, config)
+    return program(params, x_init, jnp.int32(num_known), context, uncond, sigmas, timesteps)
 
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """One Stage I chunk: latents [B, L, h, w, C] over clip latent frames [start, start + L);
-    the first `known` of them were given (held clean), `new` are the frames it adds."""
+    """One Stage I chunk, a clip of its own over clip latent frames [start, start + L).
+
+    latents [B, L, h, w, C]: what the model generated; the first `known` were given.
+    video [B, F, H, W, 3]: those latents decoded on their own (as one clip).
+
+    The next chunk continues from this chunk's last pixel frames, re-entered the way the
+    model saw every clip start in training: TI2V encodes them as the first latents of a new
+    clip (a causal VAE gives a clip's first latents another form than the same frames
+    mid-clip, so the raw latents would be a layout the model never trained on); I2V-A14B puts
+    them into its conditioning video. The clip's video is chunk 0's video, then each later
+    chunk's `new_video`.
+    """
 
     index: int
     start: int
     known: int
     latents: jax.Array
+    video: jax.Array
 
     @property
     def new(self) -> jax.Array:
         return self.latents[:, self.known :]
+
+    def new_video(self, vae_config) -> jax.Array:
+        """The pixel frames of the latents this chunk adds (all of them for chunk 0)."""
+        if self.index == 0:
+            return self.video
+        return self.video[:, vae_lib.num_pixel_frames(vae_config, self.known) :]
+
+    def last_frames(self, vae_config, num_latents: int) -> jax.Array:
+        """This chunk's last pixel frames that encode, as the start of a clip, to
+        `num_latents` latent frames: 1 + temporal_factor x (num_latents - 1) of them."""
+        length = self.latents.shape[1]
+        first = vae_lib.temporal_factor(vae_config) * (length - num_latents)
+        return self.video[:, first:]
+
+
+def decoded_chunk(vae_params, vae_config, index, start, known, latents, clip_latents) -> Chunk:
+    """The Chunk of `latents` (clip latent frames from `start`), decoded on its own with a
+    streaming decoder (memory of one latent frame's step) and cut at the clip's end."""
+    keep = min(latents.shape[1], clip_latents - start)
+    video = vae_lib.StreamingDecoder(vae_params, vae_config).push(latents[:, :keep])
+    return Chunk(index=index, start=start, known=known, latents=latents[:, :keep], video=video)
 
 
 def chunk_plan(num_latent_frames: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
@@ -232,34 +277,34 @@ def chunk_length(num_latent_frames: int, config: Stage1Config) -> int:
 def ti2v_chunks(
     params, model_config: DiTConfig, config: Stage1Config, *, image_latent: jax.Array,
     num_latent_frames: int, context: jax.Array, uncond_context: jax.Array | None = None,
-    key: jax.Array,
+    key: jax.Array, vae_params, vae_config,
 ):  # fmt: skip
-    """TI2V Stage I chunk by chunk (a generator of `Chunk`s; see `chunk_plan`).
+    """TI2V Stage I chunk by chunk: a generator of decoded `Chunk`s (see `chunk_plan`).
 
-    Latent continuation: chunk k's known frames are the previous chunk's last latents, at
-    timestep 0 with per-frame timesteps exactly as the image frame is in chunk 0. Only the
-    previous chunk is held, so memory does not grow with the clip. Chunk 0 with the whole
-    clip is exactly the single pass.
+    Chunk k + 1's known frames are chunk k's last `overlap` pixel frames encoded as the start
+    of a clip, held clean at timestep 0 exactly as the image is in chunk 0. Only the previous
+    chunk is held, so memory does not grow with the clip; one program serves every chunk.
+    A clip that fits one chunk is exactly `ti2v_image_to_video`, decoded.
     """
+    _check_ti2v(model_config, config, image_latent, num_latent_frames)
     uncond = _uncond(config, context, uncond_context)
-    batch, _, h, w, c = image_latent.shape
     plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
     length = chunk_length(num_latent_frames, config)
-    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
     previous = None
     for index, (start, num_known) in enumerate(plan):
         if previous is None:
             known = image_latent.astype(jnp.float32)
-        else:  # the previous chunk's last `overlap` latents
-            known = previous.latents[:, start - previous.start :]
+        else:
+            frames = previous.last_frames(vae_config, num_known)
+            known = vae_lib.encode(vae_params, vae_config, frames)
         chunk_key = key if index == 0 else jax.random.fold_in(key, index)
-        noise = initial_noise(chunk_key, (batch, length, h, w, c))
-        x_init = noise.at[:, :num_known].set(known)
-        program = _ti2v_program(model_config, config)
-        latents = program(params, x_init, jnp.int32(num_known), context, uncond, sigmas, timesteps)
-        previous = Chunk(index=index, start=start, known=num_known, latents=latents)
-        # The clip's part of the chunk (the last chunk may run past the clip's end).
-        yield dataclasses.replace(previous, latents=latents[:, : num_latent_frames - start])
+        latents = _ti2v_chunk(
+            params, model_config, config, known, length, context, uncond, chunk_key
+        )
+        previous = decoded_chunk(
+            vae_params, vae_config, index, start, num_known, latents, num_latent_frames
+        )
+        yield previous
 
 
 def expert_steps(config: Stage1Config) -> dict[str, int]:

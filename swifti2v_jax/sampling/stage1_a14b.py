@@ -16,7 +16,6 @@ serves them all.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -30,11 +29,11 @@ from swifti2v_jax.sampling import guidance as guidance_lib
 from swifti2v_jax.sampling import solvers
 from swifti2v_jax.sampling.stage1 import (
     TRACES,
-    Chunk,
     Stage1Config,
     _uncond,
     chunk_length,
     chunk_plan,
+    decoded_chunk,
     initial_noise,
 )
 
@@ -232,10 +231,9 @@ def a14b_chunks(
     image: [B, H, W, 3] at the Stage I size; `sampling`: the keyword arguments of
     `a14b_image_to_video` but `condition` (key: chunk 0's; chunk k draws fold_in(key, k)).
     Chunk k + 1's known frames are the pixel frames of chunk k's last `overlap` latents
-    (chunk k decoded on its own, one program); a chunk's latents begin with chunk k's latents
-    of those frames, then the new ones. A clip that fits one chunk is exactly the single pass.
+    (chunk k decoded on its own, `stage1.Chunk`). A clip that fits one chunk is exactly the
+    single pass, decoded.
     """
-    step = vae_lib.temporal_factor(vae_config)
     num_latent = vae_lib.num_latent_frames(vae_config, frames)
     length = chunk_length(num_latent, config)
     chunk_frames = vae_lib.num_pixel_frames(vae_config, length)
@@ -243,18 +241,13 @@ def a14b_chunks(
     previous = None
     for index, (start, num_known) in enumerate(chunk_plan(num_latent, config.chunk_latents,
                                                           config.overlap)):  # fmt: skip
-        if previous is None:
-            known = image
-        else:  # pixel frames of the previous chunk's last `overlap` latent frames
-            video = vae_lib.decode(vae_params, vae_config, previous.latents)
-            known = video[:, step * (length - num_known) :]
+        known = image if previous is None else previous.last_frames(vae_config, num_known)
         condition = a14b_condition(vae_params, vae_config, known, chunk_frames)
         chunk_key = key if index == 0 else jax.random.fold_in(key, index)
         latents = a14b_image_to_video(
             high, low, model_config, config, condition=condition, key=chunk_key, **sampling
         )
-        if previous is not None:
-            held = previous.latents[:, length - num_known :]
-            latents = jnp.concatenate([held, latents[:, num_known:]], axis=1)
-        previous = Chunk(index=index, start=start, known=num_known, latents=latents)
-        yield dataclasses.replace(previous, latents=latents[:, : num_latent - start])
+        previous = decoded_chunk(
+            vae_params, vae_config, index, start, num_known, latents, num_latent
+        )
+        yield previous
