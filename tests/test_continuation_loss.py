@@ -98,3 +98,34 @@ def test_clean_frames_draw_is_independent_of_the_batch_split():
 def test_max_clean_frames_must_be_positive():
     with pytest.raises(ValueError, match="max_clean_frames"):
         loss_lib.LossConfig(max_clean_frames=0)
+
+
+def test_leading_blocks_weigh_more_and_the_mean_stays_a_weighted_mean():
+    is_noisy = jnp.asarray([[False, True, True, True, True, True], [False] * 3 + [True] * 3])
+    config = loss_lib.LossConfig(conditioning="none", leading_weight=4.0, leading_span=3)
+    np.testing.assert_allclose(
+        loss_lib.block_weights(is_noisy, config),
+        [[0, 4, 3, 2, 1, 1], [0, 0, 0, 4, 3, 2]],
+    )
+    # weight 1 (the default) is the plain noisy mask
+    np.testing.assert_array_equal(
+        loss_lib.block_weights(is_noisy, loss_lib.LossConfig()), is_noisy.astype(np.float32)
+    )
+    batch = _stage1_batch(batch=2)
+    batch["is_noisy"] = is_noisy
+    assert float(loss_lib.noisy_element_count(batch, config)) == (11 + 9) * 2 * 2 * 3
+    # A model off by 1 on block 1 only: its error counts 4x in row 0 (first noisy block),
+    # nothing in row 1 (clean there).
+    keys = jax.random.split(jax.random.PRNGKey(2), 2)
+    seen = {"x0": batch["latents"]}
+
+    def off_on_block_1(params, model_input, timesteps, context, positions, mask):
+        right = _oracle(model_input, timesteps, seen["x0"])
+        return jnp.where(positions == 1, 1.0, 0.0)[..., None, None, None] + right
+
+    for weight, expect in ((1.0, 12.0), (4.0, 48.0)):
+        weighted = loss_lib.LossConfig(conditioning="none", leading_weight=weight)
+        total = float(loss_lib.squared_error_sum(off_on_block_1, None, batch, keys, weighted))
+        assert total == pytest.approx(expect, rel=1e-4)
+    with pytest.raises(ValueError, match="leading_weight"):
+        loss_lib.LossConfig(leading_weight=0.5)

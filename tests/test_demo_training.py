@@ -167,7 +167,9 @@ def test_train_py_exports_the_ema_model(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("name", ["stage2_neighbours", "stage2_rollout", "stage2_photos"])
+@pytest.mark.parametrize(
+    "name", ["stage2_neighbours", "stage2_rollout", "stage2_photos", "stage2_refs"]
+)
 def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
     """The fine-tune phases need an init checkpoint; the rollout phase also needs records
     with generated latents (the synthetic source has none)."""
@@ -244,6 +246,39 @@ def test_demo_dataset_records_follow_the_sampling_reference(tmp_path):
         )  # fmt: skip
 
 
+def test_demo_dataset_stage1_references_are_what_stage1_makes(tmp_path):
+    """--stage1-references: the Stage II reference is built from the Stage I model's video of
+    the clip (first low-res frame + caption), the same video for the same clip; the Stage I
+    records and the Stage II targets do not change."""
+    demo_build.build(tmp_path / "random", stage1="ti2v")
+    root = tmp_path / "random"
+    kwargs = dict(
+        num_clips=1, first_seed=3, frames=5, height=64, width=128, factor=2, dtype="float32",
+        progress=False,
+    )  # fmt: skip
+    demo_dataset.build(root / "vae", root, tmp_path / "true", **kwargs)
+    demo_dataset.build(
+        root / "vae", root, tmp_path / "s1", stage1_references=root / "dit", **kwargs
+    )
+    read = lambda d, stage: records.as_record(loader.array_record_source(tmp_path / d / stage)[0])
+    true, made = read("true", "stage2"), read("s1", "stage2")
+    np.testing.assert_array_equal(made["latents"], true["latents"])
+    low_true, low_made = read("true", "stage1"), read("s1", "stage1")
+    np.testing.assert_array_equal(low_made["latents"], low_true["latents"])
+    vae_config, vae_params = checkpoints.load(root / "vae", kind="vae")
+    vae_config = vae.as_config(vae_config)
+    high, low = procedural.render_pair(3, 5, 64, 128, 2)
+    videos = demo_dataset.Stage1Videos(root / "dit", vae_params, vae_config)
+    video = videos(low, np.asarray(made["context"], np.float32), made["name"])
+    assert video.shape == (1, 5, 32, 64, 3)
+    z_ref = reference.encode_hybrid_reference(vae_params, vae_config, video, high[None, 0])
+    np.testing.assert_allclose(made["reference"], z_ref[0], atol=1e-5)
+    assert np.abs(made["reference"][1:] - true["reference"][1:]).mean() > 1e-3
+    np.testing.assert_allclose(made["reference"][0], true["reference"][0], atol=1e-5)
+    info = json.loads((tmp_path / "s1" / "stage2" / "dataset.json").read_text())
+    assert info["procedural"]["stage1_references"] == str(root / "dit")
+
+
 def test_captions_name_the_pan_direction():
     for seed in range(6):
         pan = procedural.random_scene(seed).pan[0]
@@ -260,6 +295,6 @@ def test_reproduce_export_is_all_or_nothing(tmp_path):
     out = reproduce.export(work, tmp_path / "weights", {"vae": {"seconds": 1.0}})
     assert sorted(p.name for p in out.iterdir()) == sorted([*reproduce.COMPONENTS, "DEMO.json"])
     # the last Stage II phase is what ships as stage2/
-    assert (out / "stage2" / "config.json").read_text() == "stage2_photos/model"
+    assert (out / "stage2" / "config.json").read_text() == "stage2_refs/model"
     assert (out / "dit" / "config.json").read_text() == "stage1_photos/model"
     assert json.loads((out / "DEMO.json").read_text())["steps"]["vae"]["seconds"] == 1.0

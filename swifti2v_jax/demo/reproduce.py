@@ -19,7 +19,11 @@ Run from the repository root (it calls train.py). Steps, each skipped when its o
                      continuation: 1-3 clean leading latent frames)
  11. rollout_photos  data.rollout of step 8's model over step 9's Stage II clips
  12. stage2_photos   train.py --config=configs/demo/stage2_photos.py (init: step 8)
- 13. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
+ 13. data_refs       demo.dataset again, with --stage1-references (step 10's model): Stage II
+                     references made by Stage I, as at sampling time
+ 14. rollout_refs    data.rollout of step 12's model over step 13's Stage II clips
+ 15. stage2_refs     train.py --config=configs/demo/stage2_refs.py (init: step 12)
+ 16. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
               also copied to swifti2v_jax/demo/weights, where sample.py looks first.
 
 WORKDIR/reproduce.json records the commands and how long each step took. Steps 4 and 5
@@ -47,8 +51,8 @@ COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
         "Stage I (TI2V-style, 32x16; procedural + photographs, continuation)",
     ),
     "stage2": (
-        "stage2_photos/model",
-        "Stage II (concat, 128x64 CSG windows; procedural + photographs)",
+        "stage2_refs/model",
+        "Stage II (concat, 128x64 CSG windows; procedural + photographs, Stage I references)",
     ),
     "vae": ("vae/model", "Wan2.2-style VAE, 1x4x4, z=12"),
     "t5": ("random/t5", "tiny umT5 (random, fixed seed)"),
@@ -63,6 +67,7 @@ def steps(
     py = sys.executable
     data = workdir / "data"
     photos = workdir / "data_photos"
+    refs = workdir / "data_refs"
     return [
         ("text", workdir / "random" / "t5",
          [py, "-m", "swifti2v_jax.demo.build", str(workdir / "random")]),
@@ -108,6 +113,20 @@ def steps(
           f"--workdir={workdir / 'stage2_photos'}",
           f"--config.data.path={photos / 'stage2_rollout'}",
           f"--config.init_checkpoint={workdir / 'stage2_rollout' / 'model'}"]),
+        ("data_refs", refs / "stage2" / "dataset.json",
+         [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
+          "--text", str(workdir / "random"), "--out", str(refs), "--num-clips", str(num_clips),
+          "--photo-clips", str(photo_clips),
+          "--stage1-references", str(workdir / "stage1_photos" / "model"), "--overwrite"]),
+        ("rollout_refs", refs / "stage2_rollout" / "dataset.json",
+         [py, "-m", "swifti2v_jax.data.rollout", "--data", str(refs / "stage2"),
+          "--stage2", str(workdir / "stage2_photos" / "model"),
+          "--out", str(refs / "stage2_rollout"), "--overwrite"]),
+        ("stage2_refs", workdir / "stage2_refs" / "model",
+         [py, "train.py", "--config=configs/demo/stage2_refs.py",
+          f"--workdir={workdir / 'stage2_refs'}",
+          f"--config.data.path={refs / 'stage2_rollout'}",
+          f"--config.init_checkpoint={workdir / 'stage2_photos' / 'model'}"]),
     ]  # fmt: skip
 
 

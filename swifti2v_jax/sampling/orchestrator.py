@@ -94,12 +94,11 @@ def stage1_video(
 ):  # fmt: skip
     """Stage I from the low-res image [B, h, w, 3] -> video_low [B, frames, h, w, 3] (the
     whole clip at once; `run` streams `stage1_video_chunks` instead)."""
-    pieces = list(
-        stage1_video_chunks(
-            models, models.get_stage1_vae(), dit_config, vae_config, config, image_lo,
-            frames=frames, context=context, uncond=uncond, key=key, on_expert=on_expert,
-        )  # fmt: skip
-    )
+    chunks = stage1_video_chunks(
+        models, models.get_stage1_vae(), dit_config, vae_config, config, image_lo,
+        frames=frames, context=context, uncond=uncond, key=key, on_expert=on_expert,
+    )  # fmt: skip
+    pieces = list(chunks)
     return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
 
 

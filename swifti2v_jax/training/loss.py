@@ -52,6 +52,12 @@ class LossConfig:
     # example holds its first k ~ U{1..max_clean_frames} window blocks clean (timestep 0, no
     # loss), the image frame being k = 1. 1 = the plain image-to-video layout.
     max_clean_frames: int = 1
+    # The first noisy blocks after the clean ones weigh more in the loss: w on the first,
+    # falling linearly to 1 over `leading_span` blocks (1.0 = every noisy block alike). A
+    # Stage I that re-renders its input with slightly other colours over its first frames
+    # jumps at every chunk seam; these are the frames that decide it.
+    leading_weight: float = 1.0
+    leading_span: int = 3
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
@@ -76,6 +82,11 @@ class LossConfig:
             raise ValueError(f"anchor_dropout must be in [0, 1], got {self.anchor_dropout}")
         if not 0.0 <= self.neighbour_noise < 1.0:
             raise ValueError(f"neighbour_noise must be in [0, 1), got {self.neighbour_noise}")
+        if self.leading_weight < 1.0 or self.leading_span < 1:
+            raise ValueError(
+                f"leading_weight must be >= 1 and leading_span >= 1, got "
+                f"{self.leading_weight} and {self.leading_span}"
+            )
         if self.max_clean_frames < 1:
             raise ValueError(f"max_clean_frames must be >= 1, got {self.max_clean_frames}")
         if self.degradation_factor < 1 or self.degradation_noise < 0:
@@ -176,16 +187,31 @@ def with_clean_leading_frames(batch, example_keys, config: LossConfig):
     return {**batch, "is_noisy": batch["is_noisy"].astype(bool) & ~leading}
 
 
-def noisy_element_count(batch) -> jax.Array:
-    """How many latent elements the loss averages over (noisy blocks only), as fp32."""
+def block_weights(is_noisy: jax.Array, config: LossConfig | None = None) -> jax.Array:
+    """[B, W] float32 loss weight of each window block: 0 on context blocks, 1 on noisy ones,
+    and config.leading_weight on the first noisy block, falling linearly to 1 over
+    config.leading_span noisy blocks."""
+    noisy = is_noisy.astype(bool)
+    weights = noisy.astype(jnp.float32)
+    if config is None or config.leading_weight == 1.0:
+        return weights
+    rank = jnp.cumsum(noisy, axis=1) - 1  # 0 at the first noisy block of each example
+    ramp = jnp.clip(1.0 - rank / config.leading_span, 0.0, 1.0)
+    return weights * (1.0 + (config.leading_weight - 1.0) * ramp)
+
+
+def noisy_element_count(batch, config: LossConfig | None = None) -> jax.Array:
+    """How many latent elements the loss averages over (noisy blocks, weighted by
+    `block_weights`), as fp32."""
     per_block = 1
     for size in batch["latents"].shape[2:]:
         per_block *= size
-    return jnp.sum(batch["is_noisy"]).astype(jnp.float32) * per_block
+    return jnp.sum(block_weights(batch["is_noisy"], config)) * per_block
 
 
 def squared_error_sum(apply_fn, params, batch, example_keys, config: LossConfig):
-    """Sum over noisy-block elements of (predicted - target velocity)^2, fp32 scalar.
+    """Sum over noisy-block elements of (predicted - target velocity)^2 (times the block's
+    `block_weights`), fp32 scalar.
 
     `apply_fn(params, model_input, timesteps, context, positions, mask) -> velocity`.
     Divide by the global `noisy_element_count` for the mean.
@@ -217,4 +243,5 @@ def squared_error_sum(apply_fn, params, batch, example_keys, config: LossConfig)
         params, model_input, timesteps, batch["context"], batch["positions"], mask
     ).astype(jnp.float32)
     error = jnp.square(velocity - (noise.eps - x0))
-    return jnp.sum(jnp.where(block_is_noisy, error, 0.0))
+    weights = block_weights(is_noisy, config)[:, :, None, None, None]
+    return jnp.sum(jnp.where(block_is_noisy, error * weights, 0.0))

@@ -70,7 +70,7 @@ def make_train_step(
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             keys = example_keys(state, batch["latents"].shape[0])
             batch = loss_lib.with_clean_leading_frames(batch, keys, loss_config)
-            count = loss_lib.noisy_element_count(batch)
+            count = loss_lib.noisy_element_count(batch, loss_config)
 
             def loss_fn(trainable):
                 params = compose(trainable, frozen)
