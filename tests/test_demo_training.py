@@ -193,12 +193,15 @@ def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
         assert train(config, tmp_path / "b") == 1
 
 
-def test_demo_stage1_photos_is_a_continuation_fine_tune(tmp_path):
-    from configs.demo import stage1_photos
+@pytest.mark.parametrize("name", ["stage1_photos", "stage1_refine"])
+def test_demo_stage1_fine_tunes_are_continuation_fine_tunes(name, tmp_path):
+    import importlib
+
     from train import train
 
-    config = stage1_photos.get_config()
+    config = importlib.import_module(f"configs.demo.{name}").get_config()
     assert config.loss.max_clean_frames == 3 and config.stage == "stage1"
+    assert (config.loss.leading_weight > 1) == (name == "stage1_refine")
     with pytest.raises(ValueError, match="init_checkpoint"):
         train(config, tmp_path / "a")
 
@@ -296,5 +299,5 @@ def test_reproduce_export_is_all_or_nothing(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([*reproduce.COMPONENTS, "DEMO.json"])
     # the last Stage II phase is what ships as stage2/
     assert (out / "stage2" / "config.json").read_text() == "stage2_refs/model"
-    assert (out / "dit" / "config.json").read_text() == "stage1_photos/model"
+    assert (out / "dit" / "config.json").read_text() == "stage1_refine/model"
     assert json.loads((out / "DEMO.json").read_text())["steps"]["vae"]["seconds"] == 1.0

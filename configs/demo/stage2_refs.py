@@ -2,7 +2,7 @@
 
     python -m swifti2v_jax.demo.dataset --vae runs/demo/vae/model --text runs/demo/random \
         --out runs/demo/data_refs --num-clips 256 --photo-clips 256 \
-        --stage1-references runs/demo/stage1_photos/model
+        --stage1-references runs/demo/stage1_refine/model
     python -m swifti2v_jax.data.rollout --data runs/demo/data_refs/stage2 \
         --stage2 runs/demo/stage2_photos/model --out runs/demo/data_refs/stage2_rollout
     python train.py --config=configs/demo/stage2_refs.py \

@@ -16,6 +16,7 @@ The output is written all or nothing (prepare.write_dataset).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -43,7 +44,15 @@ def generate_clip(params, denoiser, record, text_len, key):
 
 
 def rollout(
-    data_dir, stage2_dir, out_dir, *, preset="demo", seed=0, overwrite=False, progress=True
+    data_dir,
+    stage2_dir,
+    out_dir,
+    *,
+    preset="demo",
+    seed=0,
+    overwrite=False,
+    progress=True,
+    sigma_start=None,
 ):
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise ValueError(f"--out must differ from --data ({data_dir}): the input is kept")
@@ -53,6 +62,8 @@ def rollout(
     prepare.check_output(out_dir, max(len(source), 1), dtype, overwrite)
     sampler = pipeline_config(sample_presets.get_config(preset))
     csg_config = sampler.stage2
+    if sigma_start is not None:  # pinned by a reproduction, whatever the preset says today
+        csg_config = dataclasses.replace(csg_config, sigma_start=sigma_start)
     model_dict, params = checkpoints.load(stage2_dir, kind="dit")
     model_config = DiTConfig.from_dict(model_dict)
     denoiser = stage2.WindowDenoiser(model_config, csg_config)  # validates conditioning vs model
@@ -94,12 +105,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder (new or --overwrite)")
     parser.add_argument("--preset", default="demo", help="sample preset (presets/sample.py)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sigma-start", type=float, default=None,
+        help="Stage II start noise level (default: the preset's stage2.sigma_start)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
         _, info = rollout(
             args.data, args.stage2, args.out, preset=args.preset, seed=args.seed,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, sigma_start=args.sigma_start,
         )  # fmt: skip
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,18 +19,20 @@ Run from the repository root (it calls train.py). Steps, each skipped when its o
                      continuation: 1-3 clean leading latent frames)
  11. rollout_photos  data.rollout of step 8's model over step 9's Stage II clips
  12. stage2_photos   train.py --config=configs/demo/stage2_photos.py (init: step 8)
- 13. data_refs       demo.dataset again, with --stage1-references (step 10's model): Stage II
+ 13. stage1_refine   train.py --config=configs/demo/stage1_refine.py (init: step 10; the first
+                     generated frames weigh more)
+ 14. data_refs       demo.dataset again, with --stage1-references (step 13's model): Stage II
                      references made by Stage I, as at sampling time
- 14. rollout_refs    data.rollout of step 12's model over step 13's Stage II clips
- 15. stage2_refs     train.py --config=configs/demo/stage2_refs.py (init: step 12)
- 16. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
+ 15. rollout_refs    data.rollout of step 12's model over step 14's Stage II clips
+ 16. stage2_refs     train.py --config=configs/demo/stage2_refs.py (init: step 12)
+ 17. export   WORKDIR/weights (dit/ stage2/ vae/ t5/ tokenizer/ DEMO.json); with --install
               also copied to swifti2v_jax/demo/weights, where sample.py looks first.
 
 WORKDIR/reproduce.json records the commands and how long each step took. Steps 4 and 5
 only need step 3's data, so by hand they can run side by side (that is how the shipped
-weights were made, on 2 CPU cores); so can steps 10 and 11-12. configs/demo/vae_decoder.py
-(a decoder-only phase that keeps every latent) is an optional extra step, not part of the
-shipped weights.
+weights were made, on 2 CPU cores); so can steps 10 and 11-12, and 13 beside 12.
+configs/demo/vae_decoder.py (a decoder-only phase that keeps every latent) is an optional
+extra step, not part of the shipped weights.
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ from pathlib import Path
 
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 
+# The Stage II sampler the training rollouts were made with (the demo preset's start level
+# when the shipped models were trained; the preset has since moved to 0.9).
+ROLLOUT_SAMPLER = ("--sigma-start", "0.7")
+
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
     "dit": (
-        "stage1_photos/model",
+        "stage1_refine/model",
         "Stage I (TI2V-style, 32x16; procedural + photographs, continuation)",
     ),
     "stage2": (
@@ -90,7 +96,7 @@ def steps(
         ("rollout", data / "stage2_rollout" / "dataset.json",
          [py, "-m", "swifti2v_jax.data.rollout", "--data", str(data / "stage2"),
           "--stage2", str(workdir / "stage2_neighbours" / "model"),
-          "--out", str(data / "stage2_rollout"), "--overwrite"]),
+          "--out", str(data / "stage2_rollout"), *ROLLOUT_SAMPLER, "--overwrite"]),
         ("stage2_rollout", workdir / "stage2_rollout" / "model",
          [py, "train.py", "--config=configs/demo/stage2_rollout.py",
           f"--workdir={workdir / 'stage2_rollout'}",
@@ -107,21 +113,25 @@ def steps(
         ("rollout_photos", photos / "stage2_rollout" / "dataset.json",
          [py, "-m", "swifti2v_jax.data.rollout", "--data", str(photos / "stage2"),
           "--stage2", str(workdir / "stage2_rollout" / "model"),
-          "--out", str(photos / "stage2_rollout"), "--overwrite"]),
+          "--out", str(photos / "stage2_rollout"), *ROLLOUT_SAMPLER, "--overwrite"]),
         ("stage2_photos", workdir / "stage2_photos" / "model",
          [py, "train.py", "--config=configs/demo/stage2_photos.py",
           f"--workdir={workdir / 'stage2_photos'}",
           f"--config.data.path={photos / 'stage2_rollout'}",
           f"--config.init_checkpoint={workdir / 'stage2_rollout' / 'model'}"]),
+        ("stage1_refine", workdir / "stage1_refine" / "model",
+         [py, "train.py", "--config=configs/demo/stage1_refine.py",
+          f"--workdir={workdir / 'stage1_refine'}", f"--config.data.path={photos / 'stage1'}",
+          f"--config.init_checkpoint={workdir / 'stage1_photos' / 'model'}"]),
         ("data_refs", refs / "stage2" / "dataset.json",
          [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
           "--text", str(workdir / "random"), "--out", str(refs), "--num-clips", str(num_clips),
           "--photo-clips", str(photo_clips),
-          "--stage1-references", str(workdir / "stage1_photos" / "model"), "--overwrite"]),
+          "--stage1-references", str(workdir / "stage1_refine" / "model"), "--overwrite"]),
         ("rollout_refs", refs / "stage2_rollout" / "dataset.json",
          [py, "-m", "swifti2v_jax.data.rollout", "--data", str(refs / "stage2"),
           "--stage2", str(workdir / "stage2_photos" / "model"),
-          "--out", str(refs / "stage2_rollout"), "--overwrite"]),
+          "--out", str(refs / "stage2_rollout"), *ROLLOUT_SAMPLER, "--overwrite"]),
         ("stage2_refs", workdir / "stage2_refs" / "model",
          [py, "train.py", "--config=configs/demo/stage2_refs.py",
           f"--workdir={workdir / 'stage2_refs'}",
