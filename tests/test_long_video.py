@@ -1,4 +1,4 @@
-"""Long clips: Stage I in chunks by latent continuation (sampling/stage1.py `ti2v_chunks`)."""
+"""Long clips: Stage I in chunks, each a clip of its own (sampling/stage1.py `ti2v_chunks`)."""
 
 from __future__ import annotations
 

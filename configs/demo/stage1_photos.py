@@ -11,7 +11,8 @@ within a few frames.
 
 Continuation (sampling/stage1.py chunks): each example holds its first k ~ U{1..3} latent
 frames clean at timestep 0 with no loss (loss.max_clean_frames), so a chunk that starts from
-the previous chunk's last `overlap` latents is a layout the model has trained on.
+the previous chunk's last `overlap` frames (re-encoded as a clip start) is a layout the model
+has trained on.
 """
 
 import ml_collections

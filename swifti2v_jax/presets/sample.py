@@ -73,7 +73,7 @@ def _base() -> ml_collections.ConfigDict:
             boundary=0.9,  # a14b expert switch: t >= boundary * 1000 -> high-noise expert
             # Long clips: Stage I in chunks of this many latent frames (0 = one pass;
             # 21 latents = 81 frames, Wan2.2's training length), each continuing from the
-            # previous chunk's last `overlap` latent frames held clean.
+            # previous chunk's last `overlap` latent frames' pixels (sampling/stage1.py Chunk).
             chunk_latents=0,
             overlap=1,
         )
@@ -131,10 +131,10 @@ def demo() -> ml_collections.ConfigDict:
     c = _base()
     c.text_len = DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
     # Chunks of 17 latents = 17 frames (the demo VAE has no temporal stride), the length the
-    # demo Stage I is trained on. Each chunk continues from the previous chunk's last 3 latents:
-    # the seam jump falls with the overlap (benchmarks/results/stage1_seams: 1.96x the
-    # within-chunk change at 1, 1.70x at 3, 1.58x at 8) while Stage I cost grows as
-    # 16/(17 - overlap) per frame; 3 keeps most of the gain for 14% more Stage I time.
+    # demo Stage I is trained on. Each chunk continues from the previous chunk's last 3 latents
+    # (benchmarks/results/stage1_seams: the seam change is 2.31x the within-chunk change at
+    # overlap 1, 2.20x at 3, 2.57x at 8) while Stage I cost grows as 16/(17 - overlap) per
+    # frame.
     c.stage1.update(
         steps=10, solver="unipc", schedule="unipc", shift=3.0, chunk_latents=17, overlap=3
     )
