@@ -74,69 +74,52 @@ def steps(
     data = workdir / "data"
     photos = workdir / "data_photos"
     refs = workdir / "data_refs"
+    model = lambda name: workdir / name / "model"
+
+    def train(name: str, data_path: Path | None = None, init: str | None = None):
+        """train.py with configs/demo/NAME.py into WORKDIR/NAME (its model marks it done)."""
+        command = [py, "train.py", f"--config=configs/demo/{name}.py",
+                   f"--workdir={workdir / name}"]  # fmt: skip
+        if data_path is not None:
+            command.append(f"--config.data.path={data_path}")
+        if init is not None:
+            command.append(f"--config.init_checkpoint={model(init)}")
+        return (name, model(name), command)
+
+    def dataset(name: str, out: Path, *extra: str):
+        """The demo data set (procedural clips, plus `extra` options) into `out`."""
+        command = [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(model("vae")),
+                   "--text", str(workdir / "random"), "--out", str(out),
+                   "--num-clips", str(num_clips), *extra, "--overwrite"]  # fmt: skip
+        return (name, out / "stage2" / "dataset.json", command)
+
+    def rollout(name: str, folder: Path, stage2: str):
+        """Stage II model `stage2`'s own CSG output over `folder`/stage2."""
+        command = [py, "-m", "swifti2v_jax.data.rollout", "--data", str(folder / "stage2"),
+                   "--stage2", str(model(stage2)), "--out", str(folder / "stage2_rollout"),
+                   *ROLLOUT_SAMPLER, "--overwrite"]  # fmt: skip
+        return (name, folder / "stage2_rollout" / "dataset.json", command)
+
+    with_photos = ("--photo-clips", str(photo_clips))
     return [
         ("text", workdir / "random" / "t5",
          [py, "-m", "swifti2v_jax.demo.build", str(workdir / "random")]),
-        ("vae", workdir / "vae" / "model",
-         [py, "train.py", "--config=configs/demo/vae.py", f"--workdir={workdir / 'vae'}"]),
-        ("data", data / "stage2" / "dataset.json",
-         [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
-          "--text", str(workdir / "random"), "--out", str(data), "--num-clips", str(num_clips),
-          "--overwrite"]),
-        ("stage1", workdir / "stage1" / "model",
-         [py, "train.py", "--config=configs/demo/stage1.py", f"--workdir={workdir / 'stage1'}",
-          f"--config.data.path={data / 'stage1'}"]),
-        ("stage2", workdir / "stage2" / "model",
-         [py, "train.py", "--config=configs/demo/stage2.py", f"--workdir={workdir / 'stage2'}",
-          f"--config.data.path={data / 'stage2'}"]),
-        ("stage2_neighbours", workdir / "stage2_neighbours" / "model",
-         [py, "train.py", "--config=configs/demo/stage2_neighbours.py",
-          f"--workdir={workdir / 'stage2_neighbours'}", f"--config.data.path={data / 'stage2'}",
-          f"--config.init_checkpoint={workdir / 'stage2' / 'model'}"]),
-        ("rollout", data / "stage2_rollout" / "dataset.json",
-         [py, "-m", "swifti2v_jax.data.rollout", "--data", str(data / "stage2"),
-          "--stage2", str(workdir / "stage2_neighbours" / "model"),
-          "--out", str(data / "stage2_rollout"), *ROLLOUT_SAMPLER, "--overwrite"]),
-        ("stage2_rollout", workdir / "stage2_rollout" / "model",
-         [py, "train.py", "--config=configs/demo/stage2_rollout.py",
-          f"--workdir={workdir / 'stage2_rollout'}",
-          f"--config.data.path={data / 'stage2_rollout'}",
-          f"--config.init_checkpoint={workdir / 'stage2_neighbours' / 'model'}"]),
-        ("data_photos", photos / "stage2" / "dataset.json",
-         [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
-          "--text", str(workdir / "random"), "--out", str(photos), "--num-clips", str(num_clips),
-          "--photo-clips", str(photo_clips), "--overwrite"]),
-        ("stage1_photos", workdir / "stage1_photos" / "model",
-         [py, "train.py", "--config=configs/demo/stage1_photos.py",
-          f"--workdir={workdir / 'stage1_photos'}", f"--config.data.path={photos / 'stage1'}",
-          f"--config.init_checkpoint={workdir / 'stage1' / 'model'}"]),
-        ("rollout_photos", photos / "stage2_rollout" / "dataset.json",
-         [py, "-m", "swifti2v_jax.data.rollout", "--data", str(photos / "stage2"),
-          "--stage2", str(workdir / "stage2_rollout" / "model"),
-          "--out", str(photos / "stage2_rollout"), *ROLLOUT_SAMPLER, "--overwrite"]),
-        ("stage2_photos", workdir / "stage2_photos" / "model",
-         [py, "train.py", "--config=configs/demo/stage2_photos.py",
-          f"--workdir={workdir / 'stage2_photos'}",
-          f"--config.data.path={photos / 'stage2_rollout'}",
-          f"--config.init_checkpoint={workdir / 'stage2_rollout' / 'model'}"]),
-        ("stage1_refine", workdir / "stage1_refine" / "model",
-         [py, "train.py", "--config=configs/demo/stage1_refine.py",
-          f"--workdir={workdir / 'stage1_refine'}", f"--config.data.path={photos / 'stage1'}",
-          f"--config.init_checkpoint={workdir / 'stage1_photos' / 'model'}"]),
-        ("data_refs", refs / "stage2" / "dataset.json",
-         [py, "-m", "swifti2v_jax.demo.dataset", "--vae", str(workdir / "vae" / "model"),
-          "--text", str(workdir / "random"), "--out", str(refs), "--num-clips", str(num_clips),
-          "--photo-clips", str(photo_clips),
-          "--stage1-references", str(workdir / "stage1_refine" / "model"), "--overwrite"]),
-        ("rollout_refs", refs / "stage2_rollout" / "dataset.json",
-         [py, "-m", "swifti2v_jax.data.rollout", "--data", str(refs / "stage2"),
-          "--stage2", str(workdir / "stage2_photos" / "model"),
-          "--out", str(refs / "stage2_rollout"), *ROLLOUT_SAMPLER, "--overwrite"]),
-        ("stage2_refs", workdir / "stage2_refs" / "model",
-         [py, "train.py", "--config=configs/demo/stage2_refs.py",
-          f"--workdir={workdir / 'stage2_refs'}",
-          f"--config.data.path={refs / 'stage2_rollout'}",
-          f"--config.init_checkpoint={workdir / 'stage2_photos' / 'model'}"]),
+        train("vae"),
+        dataset("data", data),
+        train("stage1", data / "stage1"),
+        train("stage2", data / "stage2"),
+        train("stage2_neighbours", data / "stage2", init="stage2"),
+        rollout("rollout", data, "stage2_neighbours"),
+        train("stage2_rollout", data / "stage2_rollout", init="stage2_neighbours"),
+        dataset("data_photos", photos, *with_photos),
+        train("stage1_photos", photos / "stage1", init="stage1"),
+        rollout("rollout_photos", photos, "stage2_rollout"),
+        train("stage2_photos", photos / "stage2_rollout", init="stage2_rollout"),
+        train("stage1_refine", photos / "stage1", init="stage1_photos"),
+        dataset("data_refs", refs, *with_photos,
+                "--stage1-references", str(model("stage1_refine"))),
+        rollout("rollout_refs", refs, "stage2_photos"),
+        train("stage2_refs", refs / "stage2_rollout", init="stage2_photos"),
     ]  # fmt: skip
 
 
