@@ -114,6 +114,7 @@ def test_decoder_only_phase_keeps_the_encoder_and_its_latent_statistics(tmp_path
     with pytest.raises(ValueError, match="init_checkpoint"):
         vae_training.train(config, tmp_path / "second")
     config.init_checkpoint = str(tmp_path / "first" / "model")
+    config.data.photo_clips = 1  # another pool: its latents would measure other statistics
     vae_training.train(config, tmp_path / "second")
     fields, second = checkpoints.load(tmp_path / "second" / "model", kind="vae")
     for part in ("encoder", "quant_conv"):
@@ -124,8 +125,8 @@ def test_decoder_only_phase_keeps_the_encoder_and_its_latent_statistics(tmp_path
         for a, b in zip(jax.tree.leaves(first["decoder"]), jax.tree.leaves(second["decoder"]))
     ]
     assert max(moved) > 0
-    np.testing.assert_allclose(fields["latents_mean"], first_fields["latents_mean"], rtol=1e-6)
-    np.testing.assert_allclose(fields["latents_std"], first_fields["latents_std"], rtol=1e-6)
+    np.testing.assert_array_equal(fields["latents_mean"], first_fields["latents_mean"])
+    np.testing.assert_array_equal(fields["latents_std"], first_fields["latents_std"])
 
 
 def test_vae_data_config_errors():
@@ -142,6 +143,25 @@ def test_vae_data_config_errors():
     bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "crop_width": 64})
     with pytest.raises(ValueError, match="fit the low-res"):
         bad.validate(architecture)
+    bad = vae_training.VAEDataConfig(**{**config.data.to_dict(), "photo_clips": -1})
+    with pytest.raises(ValueError, match="photo_clips"):
+        bad.validate(architecture)
+
+
+def test_vae_pool_adds_training_photographs_after_the_procedural_clips():
+    from swifti2v_jax.data import photos, procedural
+    from swifti2v_jax.training import vae_training
+
+    data = vae_training.VAEDataConfig(
+        **{**_tiny_vae_config().data.to_dict(), "photo_clips": 1, "first_seed": 5}
+    )
+    high, low = vae_training.render_pool(data)
+    assert high.shape[0] == low.shape[0] == 3
+    hi, lo = photos.render_pair(5, data.frames, data.height, data.width, data.factor)
+    np.testing.assert_array_equal(high[2], procedural.to_uint8(hi))
+    np.testing.assert_array_equal(low[2], procedural.to_uint8(lo))
+    hi, _ = procedural.render_pair(6, data.frames, data.height, data.width, data.factor)
+    np.testing.assert_array_equal(high[1], procedural.to_uint8(hi))
 
 
 def test_train_py_exports_the_ema_model(tmp_path):

@@ -136,7 +136,51 @@ def test_chunks_continue_from_the_previous_chunks_last_frames_as_a_clip_start(di
     assert stage1.TRACES["ti2v"] - before == traced
 
 
+def test_regenerated_overlap_is_cross_faded_into_the_previous_chunk(dit):
+    """seam_release: chunk k + 1 holds only its first given latent clean; the frames of the
+    others are its own decode cross-faded into chunk k's last frames (a linear ramp), chunk k
+    leaves those frames to chunk k + 1 (`tail`), and the clip is still every frame once."""
+    from swifti2v_jax.models import vae as vae_lib
+
+    config, params, vae_config, vae = dit
+    step = vae_lib.temporal_factor(vae_config)
+    np.testing.assert_array_equal(stage1.seam_weights(3), np.float32([0.25, 0.5, 0.75]))
+    before = stage1.TRACES["ti2v"]
+    chunks = _chunks(dit, 13, chunk_latents=5, overlap=3, seam_release=0.5)
+    hard = _chunks(dit, 13, chunk_latents=5, overlap=3)
+    count = step * 2  # pixel frames of the 2 regenerated latents
+    weights = stage1.seam_weights(count)[None, :, None, None, None]
+    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+        assert (chunk.known, chunk.num_held, previous.tail) == (3, 1, count)
+        own = np.asarray(vae_lib.decode(vae, vae_config, chunk.latents))
+        np.testing.assert_allclose(np.asarray(chunk.video[:, 1 + count :]), own[:, 1 + count :],
+                                   atol=1e-5)  # fmt: skip
+        faded = weights * own[:, 1 : 1 + count] + (1 - weights) * np.asarray(
+            previous.video[:, -count:]
+        )
+        np.testing.assert_allclose(np.asarray(chunk.video[:, 1 : 1 + count]), faded, atol=1e-5)
+        # Regenerated, not held: the latents moved off the re-encoded frames they started from.
+        pixels = previous.video[:, step * (5 - 3) :]
+        encoded = vae_lib.encode(vae, vae_config, pixels)
+        np.testing.assert_allclose(np.asarray(chunk.latents[:, :1]), np.asarray(encoded[:, :1]),
+                                   atol=1e-4)  # fmt: skip
+        assert float(jnp.abs(chunk.latents[:, 1:3] - encoded[:, 1:3]).max()) > 1e-3
+    assert chunks[-1].tail == 0
+    video = jnp.concatenate([c.new_video(vae_config) for c in chunks], axis=1)
+    assert video.shape[1] == vae_lib.num_pixel_frames(vae_config, 13)
+    # Chunk 0 is the same as with held overlaps but for the frames it leaves to chunk 1.
+    np.testing.assert_array_equal(np.asarray(chunks[0].latents), np.asarray(hard[0].latents))
+    # One program for every chunk, with or without the regenerated overlap.
+    assert stage1.TRACES["ti2v"] - before <= 2
+
+
 def test_chunk_settings_are_checked():
+    with pytest.raises(ValueError, match="seam_release"):
+        stage1.Stage1Config(chunk_latents=5, overlap=2, seam_release=1.0)
+    with pytest.raises(ValueError, match="seam_release"):
+        stage1.Stage1Config(chunk_latents=5, overlap=2, seam_release=-0.1)
+    with pytest.raises(ValueError, match="TI2V-only"):
+        stage1.Stage1Config(backbone="a14b", chunk_latents=5, overlap=2, seam_release=0.5)
     with pytest.raises(ValueError, match="overlap"):
         stage1.Stage1Config(chunk_latents=5, overlap=5)
     with pytest.raises(ValueError, match="overlap"):
@@ -150,6 +194,11 @@ def test_long_video_report_from_stored_results(tmp_path):
 
     assert long_video.r_squared([1, 2, 3, 4], [3, 5, 7, 9]) == pytest.approx(1.0)
     assert long_video.r_squared([1, 2, 3, 4], [1, 4, 9, 30]) < 0.9
+    # Each seam region runs from the chunk's first given frame to its first new one.
+    plan = stage1.chunk_plan(40, 17, 4)
+    assert plan == [(0, 1), (13, 4), (26, 4)]
+    assert long_video.seam_regions(plan, 39) == [[13, 14, 15, 16], [26, 27, 28, 29]]
+    assert long_video.seam_regions(plan, 28) == [[13, 14, 15, 16], [26, 27]]
     stored = json.loads(Path("benchmarks/results/long_video/results.json").read_text())
     text = long_video.markdown(stored)
     assert "| 1001 |" in text and "ratio (target <= 1.5)" in text

@@ -269,6 +269,42 @@ def test_update_mask_keeps_context_and_matches_unmasked(solver_name):
         sv.sample_loop(solver, velocity_fn, x, schedule, update_mask=np.ones((5,), bool))
 
 
+def test_replacement_sets_guided_entries_to_the_noised_target_until_release():
+    """With a zero velocity Euler never moves x, so after the loop each guided entry holds
+    exactly what the last guided step (sigma > release) wrote: (1 - s) target + s noise."""
+    x = make_x(8, shape=(1, 4, 2, 2, 3))
+    target, noise = make_x(9, shape=x.shape), make_x(10, shape=x.shape)
+    mask = np.array([False, True, True, False]).reshape(1, 4, 1, 1, 1)
+    schedule = sch.make_schedule("euler", 6, 3.0)
+    sigmas = np.asarray(schedule.sigmas)
+    zero = lambda x, sigma, t, i: jnp.zeros_like(x)
+    release = float(sigmas[3] + 1e-4)  # steps 0, 1, 2 are guided
+    guide = sv.Replacement(target, noise, mask, release)
+    out = np.asarray(sv.sample_loop(sv.EulerSolver(), zero, x, schedule, replacement=guide))
+    s = np.float32(sigmas[2])
+    np.testing.assert_array_equal(out[:, [0, 3]], x[:, [0, 3]])
+    np.testing.assert_allclose(out[:, 1:3], ((1 - s) * target + s * noise)[:, 1:3], atol=1e-6)
+
+
+@pytest.mark.parametrize("solver_name", ["euler", "unipc"])
+def test_replacement_without_guided_entries_changes_nothing(solver_name):
+    x = make_x(11, shape=(1, 3, 2, 2, 2))
+    velocity_fn = lambda x, sigma, t, i: fake_velocity(jnp, x, sigma, t)
+    solver, schedule = sv.make_solver(solver_name), sch.make_schedule("unipc", 5, 3.0)
+    plain = sv.sample_loop(solver, velocity_fn, x, schedule)
+    target = make_x(12, shape=x.shape)
+    for mask, release in ((np.zeros((1, 3, 1, 1, 1), bool), 0.0), (np.ones(x.shape, bool), 1.0)):
+        guide = sv.Replacement(target, target, mask, release)  # release 1: no step is above it
+        out = sv.sample_loop(solver, velocity_fn, x, schedule, replacement=guide)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
+    with pytest.raises(ValueError, match="replacement.noise"):
+        bad = sv.Replacement(target, target[:, :2], np.ones(x.shape, bool), 0.5)
+        sv.sample_loop(solver, velocity_fn, x, schedule, replacement=bad)
+    with pytest.raises(ValueError, match="replacement.mask"):
+        bad = sv.Replacement(target, target, np.ones((7,), bool), 0.5)
+        sv.sample_loop(solver, velocity_fn, x, schedule, replacement=bad)
+
+
 # --------------------------------------------------------------------------- guidance
 
 

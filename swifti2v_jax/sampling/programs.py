@@ -131,8 +131,8 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
         sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.make_schedule())
         x_init = _struct((1, length, *latent1, vae1.z_dim))
         chunk_args = (
-            dit_lib.abstract_params(specs.stage1), x_init, _struct((), jnp.int32), text, text,
-            _struct(sigmas.shape), _struct(timesteps.shape),
+            dit_lib.abstract_params(specs.stage1), x_init, x_init, _struct((), jnp.int32),
+            _struct((), jnp.int32), text, text, _struct(sigmas.shape), _struct(timesteps.shape),
         )  # fmt: skip
         # The image, and a chunk's last pixel frames as the next chunk's first latents (its
         # first frame is an image-sized step; a longer overlap also encodes the rest).

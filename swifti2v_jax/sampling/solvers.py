@@ -233,6 +233,19 @@ def make_solver(name: str) -> Solver:
     return _SOLVERS[name]()
 
 
+class Replacement(NamedTuple):
+    """Replacement guidance (RePaint-style, for flow matching): while a step's sigma is above
+    `release_sigma`, the entries where `mask` is True are set, before the model sees them, to
+    the forward-noised target (1 - sigma) * target + sigma * noise; below it they are free.
+    Guides some entries toward known values early (layout, colour) and lets the model settle
+    their detail with the rest."""
+
+    target: jax.Array
+    noise: jax.Array
+    mask: jax.Array
+    release_sigma: float | jax.Array
+
+
 def sample_loop(
     solver: Solver,
     velocity_fn: VelocityFn,
@@ -241,6 +254,7 @@ def sample_loop(
     timesteps=None,
     *,
     update_mask: jax.Array | None = None,
+    replacement: Replacement | None = None,
 ) -> jax.Array:
     """Run all N solver steps in one `lax.fori_loop` (jit the caller to compile it once).
 
@@ -251,6 +265,7 @@ def sample_loop(
     update_mask: optional bool array broadcastable to x; entries where it is False keep their
     x_init value bit for bit (e.g. clean context blocks). The velocity at those entries is
     ignored. The solver is elementwise, so masked entries never affect the others.
+    replacement: optional `Replacement` guidance, applied at the start of each step.
     """
     if isinstance(sigmas, Schedule):
         if timesteps is not None:
@@ -265,19 +280,24 @@ def sample_loop(
             f"need sigmas [N + 1] and timesteps [N], got {sigmas.shape} and {timesteps.shape}"
         )
     if update_mask is not None:
-        update_mask = jnp.asarray(update_mask, bool)
-        try:
-            broadcast = np.broadcast_shapes(update_mask.shape, x_init.shape)
-        except ValueError:
-            broadcast = None
-        if broadcast != tuple(x_init.shape):
-            raise ValueError(
-                f"update_mask shape {update_mask.shape} does not broadcast to x {x_init.shape}"
-            )
+        update_mask = _checked_mask("update_mask", update_mask, x_init)
+    if replacement is not None:
+        _checked_mask("replacement.mask", replacement.mask, x_init)
+        for name in ("target", "noise"):
+            if getattr(replacement, name).shape != x_init.shape:
+                raise ValueError(
+                    f"replacement.{name} must have x's shape {x_init.shape}, "
+                    f"got {getattr(replacement, name).shape}"
+                )
     num_steps = sigmas.shape[0] - 1
 
     def body(i, carry):
         x, state = carry
+        if replacement is not None:
+            sigma = sigmas[i]
+            noised = (1 - sigma) * replacement.target + sigma * replacement.noise
+            guided = replacement.mask & (sigma > replacement.release_sigma)
+            x = jnp.where(guided, noised.astype(x.dtype), x)
         v = velocity_fn(x, sigmas[i], timesteps[i], i)
         x_next, state = solver.step(state, x, v, sigmas, i)
         if update_mask is not None:
@@ -286,6 +306,17 @@ def sample_loop(
 
     x, _ = jax.lax.fori_loop(0, num_steps, body, (x_init, solver.init(x_init)))
     return x
+
+
+def _checked_mask(name: str, mask, x: jax.Array) -> jax.Array:
+    mask = jnp.asarray(mask, bool)
+    try:
+        broadcast = np.broadcast_shapes(mask.shape, x.shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != tuple(x.shape):
+        raise ValueError(f"{name} shape {mask.shape} does not broadcast to x {x.shape}")
+    return mask
 
 
 def as_schedule_arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray]:

@@ -57,6 +57,10 @@ class Stage1Config:
     # chunk after the first continuing from the previous chunk's last `overlap` latent frames.
     chunk_latents: int = 0
     overlap: int = 1
+    # How a chunk continues (TI2V; see `ti2v_chunks`): 0 holds all `overlap` latents clean;
+    # in (0, 1) only the first is held, the others are regenerated (replacement-guided toward
+    # the previous chunk's frames while sigma > seam_release) and cross-faded into them.
+    seam_release: float = 0.0
 
     def __post_init__(self):
         if self.guide_scale_low is not None and self.guide_scale_low < 0:
@@ -73,6 +77,10 @@ class Stage1Config:
                 f"stage1.overlap must be in [1, chunk_latents={self.chunk_latents}), "
                 f"got {self.overlap}"
             )
+        if not 0.0 <= self.seam_release < 1.0:
+            raise ValueError(f"stage1.seam_release must be in [0, 1), got {self.seam_release}")
+        if self.seam_release and self.backbone != "ti2v":
+            raise ValueError("stage1.seam_release (regenerated overlap) is TI2V-only; use 0")
         if self.chunk_latents < 0 or (self.chunk_latents and self.chunk_latents < 2):
             raise ValueError(f"stage1.chunk_latents must be 0 or >= 2, got {self.chunk_latents}")
         solvers.make_solver(self.solver)
@@ -121,16 +129,19 @@ TRACES = {"ti2v": 0, "a14b": 0}
 
 @functools.cache
 def _ti2v_program(model_config: DiTConfig, config: Stage1Config):
-    """num_known (how many leading frames are given, held clean) is traced: chunk 0 (the
-    image) and every later chunk (`overlap` frames) of a clip run one compiled program."""
+    """x_init holds the given latents in its first num_known frames and `noise` elsewhere.
+    The first num_held are held clean; frames [num_held, num_known) are replacement-guided
+    toward theirs (`Stage1Config.seam_release`). Both counts are traced: chunk 0 (the image)
+    and every later chunk of a clip run one compiled program."""
     model = WanDiT(model_config)
     solver = solvers.make_solver(config.solver)
     guidance = config.guidance()
 
-    def run(params, x_init, num_known, context, uncond, sigmas, timesteps):
+    def run(params, x_init, noise, num_known, num_held, context, uncond, sigmas, timesteps):
         TRACES["ti2v"] += 1
         batch, frames = x_init.shape[:2]
-        is_image = jnp.arange(frames) < num_known
+        is_image = jnp.arange(frames) < num_held
+        is_guided = (~is_image & (jnp.arange(frames) < num_known))[None, :, None, None, None]
 
         def model_fn(p, x, timestep, text):
             per_frame = jnp.where(is_image, 0.0, timestep)  # timestep 0 on the known frames
@@ -146,9 +157,13 @@ def _ti2v_program(model_config: DiTConfig, config: Stage1Config):
         )
         # Known frames keep their x_init values (clean latents) bit for bit at every step.
         update_mask = ~is_image[None, :, None, None, None]
+        replacement = None
+        if config.seam_release:
+            replacement = solvers.Replacement(x_init, noise, is_guided, config.seam_release)
         return solvers.sample_loop(
-            solver, velocity_fn, x_init, sigmas, timesteps, update_mask=update_mask
-        )
+            solver, velocity_fn, jnp.where(is_guided, noise, x_init), sigmas, timesteps,
+            update_mask=update_mask, replacement=replacement,
+        )  # fmt: skip
 
     return jax.jit(run)
 
@@ -195,28 +210,35 @@ def _check_ti2v(model_config: DiTConfig, config: Stage1Config, image_latent, num
         raise ValueError(f"need at least 2 latent frames, got {num_latent_frames}")
 
 
-def _ti2v_chunk(params, model_config, config, known, length, context, uncond, key):
-    """One TI2V pass over `length` latent frames whose first known.shape[1] are given."""
+def _ti2v_chunk(params, model_config, config, known, length, context, uncond, key, held=None):
+    """One TI2V pass over `length` latent frames whose first known.shape[1] are given, the
+    first `held` (default: all) of them held clean."""
     batch, num_known, h, w, c = known.shape
     sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
-    x_init = initial_noise(key, (batch, length, h, w, c)).at[:, :num_known].set(known)
+    noise = initial_noise(key, (batch, length, h, w, c))
+    x_init = noise.at[:, :num_known].set(known)
     program = _ti2v_program(model_config, config)
-    return program(params, x_init, jnp.int32(num_known), context, uncond, sigmas, timesteps)
+    held = num_known if held is None else held
+    return program(params, x_init, noise, jnp.int32(num_known), jnp.int32(held), context,
+                   uncond, sigmas, timesteps)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
     """One Stage I chunk, a clip of its own over clip latent frames [start, start + L).
 
-    latents [B, L, h, w, C]: what the model generated; the first `known` were given.
-    video [B, F, H, W, 3]: those latents decoded on their own (as one clip).
+    latents [B, L, h, w, C]: what the model generated; the first `known` were given and the
+    first `held` of those held clean (the rest regenerated, `Stage1Config.seam_release`).
+    video [B, F, H, W, 3]: those latents decoded on their own (as one clip), with the frames
+    of the regenerated given latents cross-faded into the previous chunk's (`blend_seam`).
+    tail: how many of its last pixel frames the next chunk rewrites (0 for the last chunk).
 
     The next chunk continues from this chunk's last pixel frames, re-entered the way the
     model saw every clip start in training: TI2V encodes them as the first latents of a new
     clip (a causal VAE gives a clip's first latents another form than the same frames
     mid-clip, so the raw latents would be a layout the model never trained on); I2V-A14B puts
-    them into its conditioning video. The clip's video is chunk 0's video, then each later
-    chunk's `new_video`.
+    them into its conditioning video. The clip is the concatenation of every chunk's
+    `new_video`.
     """
 
     index: int
@@ -224,16 +246,22 @@ class Chunk:
     known: int
     latents: jax.Array
     video: jax.Array
+    held: int | None = None  # None: all `known`
+    tail: int = 0
 
     @property
     def new(self) -> jax.Array:
         return self.latents[:, self.known :]
 
     def new_video(self, vae_config) -> jax.Array:
-        """The pixel frames of the latents this chunk adds (all of them for chunk 0)."""
-        if self.index == 0:
-            return self.video
-        return self.video[:, vae_lib.num_pixel_frames(vae_config, self.known) :]
+        """The pixel frames this chunk settles in the clip: after the frames of its held
+        latents (all of them for chunk 0), up to its `tail`."""
+        first = 0 if self.index == 0 else vae_lib.num_pixel_frames(vae_config, self.num_held)
+        return self.video[:, first : self.video.shape[1] - self.tail]
+
+    @property
+    def num_held(self) -> int:
+        return self.known if self.held is None else self.held
 
     def last_frames(self, vae_config, num_latents: int) -> jax.Array:
         """This chunk's last pixel frames that encode, as the start of a clip, to
@@ -243,12 +271,38 @@ class Chunk:
         return self.video[:, first:]
 
 
-def decoded_chunk(vae_params, vae_config, index, start, known, latents, clip_latents) -> Chunk:
+def decoded_chunk(
+    vae_params, vae_config, index, start, known, latents, clip_latents, held=None, tail=0
+) -> Chunk:
     """The Chunk of `latents` (clip latent frames from `start`), decoded on its own with a
     streaming decoder (memory of one latent frame's step) and cut at the clip's end."""
     keep = min(latents.shape[1], clip_latents - start)
     video = vae_lib.StreamingDecoder(vae_params, vae_config).push(latents[:, :keep])
-    return Chunk(index=index, start=start, known=known, latents=latents[:, :keep], video=video)
+    return Chunk(index=index, start=start, known=known, latents=latents[:, :keep], video=video,
+                 held=held, tail=tail)  # fmt: skip
+
+
+def seam_weights(num_frames: int) -> np.ndarray:
+    """Cross-fade weights of a chunk's own frames over the `num_frames` it regenerated: a
+    linear ramp (k + 1) / (num_frames + 1), so the previous chunk's frames fade out."""
+    return (np.arange(num_frames, dtype=np.float32) + 1) / (num_frames + 1)
+
+
+def blend_seam(previous: Chunk, chunk: Chunk, vae_config) -> Chunk:
+    """`chunk` with the pixel frames of its regenerated given latents (`known` - `held`)
+    cross-faded into the previous chunk's frames at the same clip positions (its last
+    `chunk`-many): the seam becomes a ramp between two consistent videos."""
+    first = vae_lib.num_pixel_frames(vae_config, chunk.num_held)
+    count = vae_lib.num_pixel_frames(vae_config, chunk.known) - first
+    if count == 0:
+        return chunk
+    if previous.tail != count:
+        raise ValueError(f"previous chunk kept a tail of {previous.tail} frames, need {count}")
+    w = jnp.asarray(seam_weights(count))[None, :, None, None, None]
+    ours = chunk.video[:, first : first + count]
+    mixed = w * ours + (1 - w) * previous.video[:, -count:]
+    video = chunk.video.at[:, first : first + count].set(mixed.astype(chunk.video.dtype))
+    return dataclasses.replace(chunk, video=video)
 
 
 def chunk_plan(num_latent_frames: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
@@ -282,7 +336,9 @@ def ti2v_chunks(
     """TI2V Stage I chunk by chunk: a generator of decoded `Chunk`s (see `chunk_plan`).
 
     Chunk k + 1's known frames are chunk k's last `overlap` pixel frames encoded as the start
-    of a clip, held clean at timestep 0 exactly as the image is in chunk 0. Only the previous
+    of a clip, held clean at timestep 0 exactly as the image is in chunk 0 (with
+    `seam_release`, only the first; the others are regenerated and cross-faded, so chunk k's
+    last frames are settled by chunk k + 1, `Chunk.tail`). Only the previous
     chunk is held, so memory does not grow with the clip; one program serves every chunk.
     A clip that fits one chunk is exactly `ti2v_image_to_video`, decoded.
     """
@@ -290,20 +346,23 @@ def ti2v_chunks(
     uncond = _uncond(config, context, uncond_context)
     plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
     length = chunk_length(num_latent_frames, config)
+    held = 1 if config.seam_release else config.overlap  # of each continuation chunk
+    rewritten = vae_lib.temporal_factor(vae_config) * (config.overlap - held)
     previous = None
     for index, (start, num_known) in enumerate(plan):
         if previous is None:
-            known = image_latent.astype(jnp.float32)
+            known, num_held = image_latent.astype(jnp.float32), 1
         else:
             frames = previous.last_frames(vae_config, num_known)
             known = vae_lib.encode(vae_params, vae_config, frames)
+            num_held = held
         chunk_key = key if index == 0 else jax.random.fold_in(key, index)
-        latents = _ti2v_chunk(
-            params, model_config, config, known, length, context, uncond, chunk_key
-        )
-        previous = decoded_chunk(
-            vae_params, vae_config, index, start, num_known, latents, num_latent_frames
-        )
+        latents = _ti2v_chunk(params, model_config, config, known, length, context, uncond,
+                              chunk_key, held=num_held)  # fmt: skip
+        tail = rewritten if index + 1 < len(plan) else 0
+        chunk = decoded_chunk(vae_params, vae_config, index, start, num_known, latents,
+                              num_latent_frames, held=num_held, tail=tail)  # fmt: skip
+        previous = chunk if previous is None else blend_seam(previous, chunk, vae_config)
         yield previous
 
 

@@ -2,8 +2,9 @@
 
     python train.py --config=configs/demo/vae.py --workdir runs/demo/vae
 
-Data: a pool of procedural clips (data/procedural.py, seeds `first_seed ..`) rendered once in
-memory at high and low resolution; each example is a random `clip_frames`-frame, `crop`-sized
+Data: a pool of procedural clips (data/procedural.py, seeds `first_seed ..`), optionally with
+clips of the training photographs (data/photos.py), rendered once in memory at high and low
+resolution; each example is a random `clip_frames`-frame, `crop`-sized
 window of one of them (the low-res clips teach the VAE what Stage I frames look like). The
 convolutions make the model size-agnostic, so crops train it for full frames.
 
@@ -11,7 +12,8 @@ Objective: L1 + MSE between the video and its reconstruction through the encoder
 deterministic path sampling uses), plus a small L2 pull on the latents so their scale stays
 put. The latents are normalised only after training: `export` measures the per-channel mean
 and std of the EMA model's latents on full clips and writes them into the VAE config, so
-`vae.encode` then yields the zero-mean, unit-variance latents the DiTs are trained on.
+`vae.encode` then yields the zero-mean, unit-variance latents the DiTs are trained on. A
+decoder-only run (`train='decoder'`) keeps the initial VAE's statistics, as its latents.
 
 Single device (the demo VAE is small); the loop, checkpoints (Orbax, with the grain iterator)
 and metrics are the DiT's (training/loop.py): this module brings the data, step and export.
@@ -31,7 +33,7 @@ import optax
 from absl import logging
 
 from swifti2v_jax import checkpoints, config_fields
-from swifti2v_jax.data import procedural
+from swifti2v_jax.data import photos, procedural
 from swifti2v_jax.models import vae
 from swifti2v_jax.training import checkpointing, loop, optim
 from swifti2v_jax.training import state as state_lib
@@ -44,6 +46,9 @@ TRAIN_PARTS = ("all", "decoder")
 class VAEDataConfig:
     num_clips: int = 128
     first_seed: int = 0
+    # Clips of the training photographs under camera motion (data/photos.py, seeds
+    # first_seed ..), added to the procedural ones.
+    photo_clips: int = 0
     frames: int = 17
     height: int = 128
     width: int = 256
@@ -58,8 +63,11 @@ class VAEDataConfig:
     def validate(self, vae_config: vae.VAEConfig) -> None:
         s, t = vae_config.spatial_factor, vae_config.temporal_factor
         problems = []
-        if self.num_clips < 1:
-            problems.append(f"num_clips must be >= 1, got {self.num_clips}")
+        if self.num_clips < 1 or self.photo_clips < 0:
+            problems.append(
+                f"need num_clips >= 1 and photo_clips >= 0, got {self.num_clips}, "
+                f"{self.photo_clips}"
+            )
         if self.clip_frames % t != 1 % t or self.clip_frames > self.frames:
             problems.append(
                 f"clip_frames must be {t}k+1 and <= frames ({self.frames}), got {self.clip_frames}"
@@ -100,12 +108,14 @@ def vae_config_from(config) -> vae.VAEConfig:
 
 
 def render_pool(data: VAEDataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 clips: high-res [N, F, H, W, 3] and low-res [N, F, H/f, W/f, 3]."""
+    """uint8 clips: high-res [N, F, H, W, 3] and low-res [N, F, H/f, W/f, 3]; the procedural
+    clips first, then the photographs (training split only)."""
     high, low = [], []
-    for index in range(data.num_clips):
-        hi, lo = procedural.render_pair(
-            data.first_seed + index, data.frames, data.height, data.width, data.factor
-        )
+    size = (data.frames, data.height, data.width, data.factor)
+    renders = [(procedural.render_pair, seed) for seed in range(data.num_clips)]
+    renders += [(photos.render_pair, seed) for seed in range(data.photo_clips)]
+    for render_pair, index in renders:
+        hi, lo = render_pair(data.first_seed + index, *size)
         high.append(procedural.to_uint8(hi))
         low.append(procedural.to_uint8(lo))
     return np.stack(high), np.stack(low)
@@ -230,9 +240,12 @@ def latent_statistics(params, vae_config, clips: np.ndarray, batch: int = 4):
     return mean, std
 
 
-def export(params, vae_config: vae.VAEConfig, pool: ClipPool, out_dir: Path, **meta) -> Path:
-    """Writes the normalised VAE (fp32) as a model directory `vae.encode` / sample.py load."""
-    mean, std = latent_statistics(params, vae_config, pool.high[:16])
+def export(
+    params, vae_config: vae.VAEConfig, pool: ClipPool, out_dir: Path, statistics=None, **meta
+) -> Path:
+    """Writes the normalised VAE (fp32) as a model directory `vae.encode` / sample.py load.
+    statistics: (mean, std) to keep (a frozen encoder's), else measured on the pool."""
+    mean, std = statistics or latent_statistics(params, vae_config, pool.high[:16])
     logging.info("latent statistics: |mean| %.3f, std %.3f", np.abs(mean).mean(), std.mean())
     fields = dataclasses.asdict(vae_config)
     fields.update(latents_mean=[float(m) for m in mean], latents_std=[float(s) for s in std])
@@ -281,10 +294,17 @@ def train(config, workdir: Path) -> int:
         vae_config, loss, optimizer, opt_config.grad_clip, opt_config.ema_decay, mask
     )
 
+    # A frozen encoder keeps its latents, so its normalisation is kept exactly (measured
+    # again on another pool it would drift and every DiT trained on those latents with it).
+    statistics = None
+    if config.get("train", "all") == "decoder":
+        loaded = vae.as_config(checkpoints.load(config.init_checkpoint, kind="vae")[0])
+        statistics = (loaded.latents_mean, loaded.latents_std)
+
     def export_final(state, step: int, out_dir: Path):
         final = state.ema_params if use_ema else state.params
         out = export(
-            jax.device_get(final), vae_config, pool, out_dir,
+            jax.device_get(final), vae_config, pool, out_dir, statistics,
             trained_steps=step, source="train.py --config=configs/demo/vae.py",
         )  # fmt: skip
         logging.info("exported the VAE to %s", out)
