@@ -284,7 +284,8 @@ def train(config, workdir: Path) -> int:
 
     start = time.time()
     pool = ClipPool(*render_pool(data))
-    logging.info("rendered %d procedural clips in %.1f s", len(pool), time.time() - start)
+    logging.info("rendered %d clips (%d photographs) in %.1f s", len(pool), data.photo_clips,
+                 time.time() - start)  # fmt: skip
     optimizer = optim.make_optimizer(opt_config, config.num_steps)
     use_ema = opt_config.ema_decay > 0
     params = initial_params(config, vae_config)
