@@ -2,7 +2,7 @@
 
     python -m benchmarks.long_video --out benchmarks/results/long_video
 
-1. `python sample.py --frames F` (demo preset: Stage I in chunks of 17 latent frames, overlap 3)
+1. `python sample.py --frames F` (demo preset: Stage I in chunks of 17 latent frames, overlap 4)
    for each F, one fresh process each, sequentially: the summary's process peak RSS, Stage I
    and Stage II compile counts, total time (R^2 of a line in F) and time to the first frame
    handed to the mp4 writer.
