@@ -246,6 +246,7 @@ def export(
     """Writes the normalised VAE (fp32) as a model directory `vae.encode` / sample.py load.
     statistics: (mean, std) to keep (a frozen encoder's), else measured on the pool."""
     mean, std = statistics or latent_statistics(params, vae_config, pool.high[:16])
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     logging.info("latent statistics: |mean| %.3f, std %.3f", np.abs(mean).mean(), std.mean())
     fields = dataclasses.asdict(vae_config)
     fields.update(latents_mean=[float(m) for m in mean], latents_std=[float(s) for s in std])
