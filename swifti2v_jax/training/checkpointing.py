@@ -41,6 +41,10 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "data"), options=options
         )
+        # Orbax removes leftover temporary folders in a background thread that only its next
+        # save waits for (not close()): wait now, or a run interrupted before its first save
+        # removes the workdir under that thread, which then dies with a traceback.
+        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
