@@ -8,7 +8,7 @@ so this can run while the DiTs train on those latents; it only raises the recons
 ceiling of what sampling decodes. The export keeps phase one's latent statistics exactly.
 
 `--config.data.photo_clips=128` adds clips of the training photographs. Measured with the
-shipped VAE (1500 steps): held-out photographs reconstruct 0.3-0.5 dB better (astronaut at
+shipped VAE (1500 steps): held-out photographs reconstruct 0.2-0.4 dB better (astronaut at
 Stage I's 32x16: 17.6 -> 17.9 dB), procedural clips 0.1-0.2 dB, but `sample.py --image`
 follows a photograph no better (astronaut 19.54 -> 19.53 dB): the encoder's 8x4x12 latent
 of a 32x16 frame is the limit, not the decoder. Not part of the shipped weights.
