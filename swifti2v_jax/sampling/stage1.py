@@ -290,8 +290,8 @@ def seam_weights(num_frames: int) -> np.ndarray:
 
 def blend_seam(previous: Chunk, chunk: Chunk, vae_config) -> Chunk:
     """`chunk` with the pixel frames of its regenerated given latents (`known` - `held`)
-    cross-faded into the previous chunk's frames at the same clip positions (its last
-    `chunk`-many): the seam becomes a ramp between two consistent videos."""
+    cross-faded into the previous chunk's frames at the same clip positions (the previous
+    chunk's `tail`): the seam becomes a ramp between two consistent videos."""
     first = vae_lib.num_pixel_frames(vae_config, chunk.num_held)
     count = vae_lib.num_pixel_frames(vae_config, chunk.known) - first
     if count == 0:
