@@ -137,8 +137,8 @@ def demo() -> ml_collections.ConfigDict:
     # Chunks of 17 latents = 17 frames (the demo VAE has no temporal stride), the length the
     # demo Stage I is trained on. Each chunk continues from the previous chunk's last 4
     # frames: the first held, the other 3 regenerated and cross-faded. Holding all of them
-    # made the largest frame change at a seam 2.2-2.6x the change inside chunks at every
-    # overlap; the cross-fade brings it to 1.33x at 4 (1.52x at 3, 1.06x at 8,
+    # made the largest frame change at a seam 2.1-2.4x the change inside chunks at every
+    # overlap; the cross-fade brings it to 1.33x at 4 (1.55x at 3, 1.22x at 8,
     # benchmarks/results/stage1_seams), while Stage I cost grows as 16/(17 - overlap) per
     # frame. Guiding the regenerated frames until sigma 0.2 keeps them closer to the previous
     # chunk's (mean difference 0.036 against 0.043 unguided), so the fade mixes similar frames.
