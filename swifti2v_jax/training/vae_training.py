@@ -258,12 +258,16 @@ def export(
 
 
 def initial_params(config, vae_config: vae.VAEConfig):
-    """Random, or `init_checkpoint` (a VAE model directory of the same architecture)."""
+    """-> (params, latent statistics to export with or None). Random, or `init_checkpoint` (a
+    VAE model directory of the same architecture). A decoder-only run keeps the initial
+    VAE's (mean, std): its frozen encoder keeps its latents, and measured again on another
+    pool they would drift, and every DiT trained on those latents with them."""
     path = config.get("init_checkpoint")
-    if not path and config.get("train", "all") == "decoder":
+    decoder_only = config.get("train", "all") == "decoder"
+    if not path and decoder_only:
         raise ValueError("train='decoder' fine-tunes a trained VAE: set config.init_checkpoint")
     if not path:
-        return vae.init_params(vae_config, jax.random.PRNGKey(config.seed))
+        return vae.init_params(vae_config, jax.random.PRNGKey(config.seed)), None
     fields, params = checkpoints.load(path, kind="vae")
     loaded = vae.as_config(fields)
     same = dataclasses.replace(
@@ -271,7 +275,7 @@ def initial_params(config, vae_config: vae.VAEConfig):
     )
     if same != vae_config:
         raise ValueError(f"{path} is a different VAE architecture than config.vae")
-    return params
+    return params, ((loaded.latents_mean, loaded.latents_std) if decoder_only else None)
 
 
 def train(config, workdir: Path) -> int:
@@ -289,19 +293,12 @@ def train(config, workdir: Path) -> int:
                  time.time() - start)  # fmt: skip
     optimizer = optim.make_optimizer(opt_config, config.num_steps)
     use_ema = opt_config.ema_decay > 0
-    params = initial_params(config, vae_config)
+    params, statistics = initial_params(config, vae_config)
     mask = trainable_mask(params, config.get("train", "all"))
     create = lambda p: state_lib.create_state(p, optimizer, config.seed, use_ema)
     step_fn = make_train_step(
         vae_config, loss, optimizer, opt_config.grad_clip, opt_config.ema_decay, mask
     )
-
-    # A frozen encoder keeps its latents, so its normalisation is kept exactly (measured
-    # again on another pool it would drift and every DiT trained on those latents with it).
-    statistics = None
-    if config.get("train", "all") == "decoder":
-        loaded = vae.as_config(checkpoints.load(config.init_checkpoint, kind="vae")[0])
-        statistics = (loaded.latents_mean, loaded.latents_std)
 
     def export_final(state, step: int, out_dir: Path):
         final = state.ema_params if use_ema else state.params
