@@ -30,17 +30,15 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import common
-from swifti2v_jax import checkpoints
-from swifti2v_jax.data import procedural, records
+from swifti2v_jax.data import procedural
 from swifti2v_jax.demo import BUNDLED_WEIGHTS, EXAMPLE_IMAGE, EXAMPLE_PROMPT
-from swifti2v_jax.demo.dataset import TextEncoder, caption
+from swifti2v_jax.demo.dataset import caption
+from swifti2v_jax.eval.demo_quality import DemoModels, encode_context
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import vae as vae_lib
-from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.presets import sample as presets
 from swifti2v_jax.sampling import orchestrator, stage1
 from swifti2v_jax.sampling.config import pipeline_config
-from swifti2v_jax.sampling.residency import ResidentModels
 
 FRAMES = (81, 161, 321, 1001)
 DEMO_STAGE1 = presets.demo().stage1  # the chunking sample.py runs with
@@ -116,25 +114,17 @@ def seam_jump(
     settings = dataclasses.replace(settings, overlap=overlap)
     if seam_release is not None:
         settings = dataclasses.replace(settings, seam_release=seam_release)
-    root = Path(weights)
-    dit_config, dit_params = checkpoints.load(root / "dit", "dit")
-    dit_config = DiTConfig.from_dict(dit_config)
-    vae_config, vae_params = checkpoints.load(root / "vae", "vae")
-    vae_config = vae_lib.as_config(vae_config)
-    # Each clip's own caption, as the demo data and sample.py give it: the demo DiTs do not
-    # ignore the (random-encoder) text embedding, and an all-zero one is far outside what
-    # they were trained on (their x0 prediction at full noise is twice as far off).
-    text = TextEncoder(root, text_len=presets.DEMO_TEXT_LEN)
-    models = ResidentModels(
-        stage1_dits=(dit_params,), stage1_vae=vae_params, stage2_dit=None, vae=vae_params
-    )
+    models = DemoModels(Path(weights), presets.DEMO_TEXT_LEN)
     plan = stage1.chunk_plan(SEAM_LATENTS, settings.chunk_latents, overlap)
     at_seams, inside = [], []
     for seed, image, prompt in seam_clips():
-        context = jnp.asarray(records.pad_context(text(prompt), text.text_len))[None]
+        # Each clip's own caption, as the demo data and sample.py give it: the demo DiTs do
+        # not ignore the (random-encoder) text embedding, and an all-zero one is far outside
+        # what they were trained on (their x0 prediction at full noise is twice as far off).
         video = orchestrator.stage1_video(
-            models, dit_config, vae_config, settings, image, context=context,
-            frames=vae_lib.num_pixel_frames(vae_config, SEAM_LATENTS), key=jax.random.key(seed),
+            models.resident, models.stage1_config, models.vae_config, settings, image,
+            context=encode_context(models, prompt), key=jax.random.key(seed),
+            frames=vae_lib.num_pixel_frames(models.vae_config, SEAM_LATENTS),
         )  # fmt: skip
         video = np.asarray(video)[0]
         change = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))  # change[i-1]: i vs i-1
