@@ -206,6 +206,30 @@ def test_neighbours_enter_noised_to_neighbour_sigma():
         csg.CSGConfig(neighbour_sigma=1.0)
 
 
+def test_ensemble_is_the_mean_of_its_draws():
+    """ensemble=K: each segment's output is the mean of K samples, draw k from
+    `ensemble_keys(key, K)[k]` (draw 0 is the plain sampler's); later segments see the mean
+    as their neighbour. One segment: the mean of K one-draw runs, each with its draw's key."""
+    config, params = _model()
+    base = dict(noisy_blocks=1, neighbours=1, steps=1, solver="euler", schedule="euler",
+                shift=1.0, sigma_start=0.9, neighbour_sigma=0.6)  # fmt: skip
+    z_ref, anchor, context = _clip(2)
+    key = jax.random.key(7)
+
+    def run(ensemble, key, num_blocks=2):
+        denoiser = csg.WindowDenoiser(config, csg.CSGConfig(ensemble=ensemble, **base))
+        return csg.generate(denoiser, params, z_ref=z_ref[:, :num_blocks], anchor=anchor,
+                            context=context, key=key)  # fmt: skip
+
+    keys = csg.ensemble_keys(key, 3)
+    assert keys[0] is key
+    draws = [np.asarray(run(1, k)[:, 1]) for k in keys]
+    np.testing.assert_allclose(np.asarray(run(3, key)[:, 1]), sum(draws) / 3, atol=1e-6)
+    assert np.abs(draws[1] - draws[0]).max() > 1e-2  # the draws have their own noise
+    with pytest.raises(ValueError, match="ensemble"):
+        csg.CSGConfig(ensemble=0)
+
+
 def test_bad_config_and_shapes():
     with pytest.raises(ValueError, match="conditioning"):
         csg.CSGConfig(conditioning="magic")

@@ -174,6 +174,36 @@ def test_regenerated_overlap_is_cross_faded_into_the_previous_chunk(dit):
     assert stage1.TRACES["ti2v"] - before <= 2
 
 
+@pytest.mark.parametrize("chunk_latents", [0, 5])
+def test_input_residual_adds_the_inputs_vae_error_to_every_frame(dit, chunk_latents):
+    """input_residual: every frame of every chunk gains image - (chunk 0's decoded frame 0),
+    so frame 0 becomes the input image (to rounding); without it the video is as decoded."""
+    from swifti2v_jax.sampling import orchestrator
+    from swifti2v_jax.sampling.residency import ResidentModels
+
+    config, params, vae_config, vae = dit
+    models = ResidentModels(stage1_dits=(params,), stage1_vae=vae, stage2_dit=None, vae=vae)
+    rng = np.random.default_rng(5)
+    image = jnp.asarray(rng.uniform(-0.9, 0.9, (1, 32, 64, 3)), jnp.float32)
+    inputs = _inputs(config)
+    settings = dict(chunk_latents=chunk_latents, overlap=2, seam_release=0.5 * bool(chunk_latents))
+
+    def pieces(input_residual):
+        chunked = dataclasses.replace(SETTINGS, input_residual=input_residual, **settings)
+        return [np.asarray(p) for p in orchestrator.stage1_video_chunks(
+            models, vae, config, vae_config, chunked, image, frames=25,
+            context=inputs["context"], key=inputs["key"],
+        )]  # fmt: skip
+
+    plain, corrected = pieces(False), pieces(True)
+    assert len(plain) == (2 if chunk_latents else 1)
+    residual = np.asarray(image) - plain[0][:, 0]
+    assert np.abs(residual).mean() > 0.05  # the tiny VAE is far from exact: a real correction
+    for before, after in zip(plain, corrected, strict=True):
+        np.testing.assert_allclose(after, np.clip(before + residual[:, None], -1, 1), atol=1e-6)
+    np.testing.assert_allclose(corrected[0][:, 0], np.asarray(image), atol=1e-6)
+
+
 def test_chunk_settings_are_checked():
     with pytest.raises(ValueError, match="seam_release"):
         stage1.Stage1Config(chunk_latents=5, overlap=2, seam_release=1.0)

@@ -159,11 +159,13 @@ class MixingDenoiser:
         return jnp.tanh(mixed)
 
 
-@pytest.mark.parametrize("neighbour_sigma", [0.0, 0.4])
-def test_segment_stream_any_grouping_equals_generate_and_holds_one_window(neighbour_sigma):
+@pytest.mark.parametrize("neighbour_sigma, ensemble", [(0.0, 1), (0.4, 1), (0.4, 3)])
+def test_segment_stream_any_grouping_equals_generate_and_holds_one_window(
+    neighbour_sigma, ensemble
+):
     config = stage2.CSGConfig(
         noisy_blocks=2, neighbours=2, steps=1, solver="euler", schedule="euler",
-        sigma_start=0.8, neighbour_sigma=neighbour_sigma,
+        sigma_start=0.8, neighbour_sigma=neighbour_sigma, ensemble=ensemble,
     )  # fmt: skip
     denoiser = MixingDenoiser(config)
     blocks = 23

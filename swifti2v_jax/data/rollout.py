@@ -87,7 +87,7 @@ def rollout(
         "stage2": str(stage2_dir), "preset": preset, "seed": seed, "source": str(data_dir),
         "sampler": {k: getattr(csg_config, k) for k in (
             "noisy_blocks", "neighbours", "solver", "schedule", "steps", "shift",
-            "sigma_start", "neighbour_sigma")},
+            "sigma_start", "neighbour_sigma", "ensemble")},
     }  # fmt: skip
     kept = {k: v for k, v in info.items() if k not in ("num_records", "shards", "rollout")}
     report = prepare.write_dataset(

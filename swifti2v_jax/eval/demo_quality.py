@@ -371,8 +371,13 @@ def run(
                 solver=pipeline_config.stage2.solver,
                 sigma_start=pipeline_config.stage2.sigma_start,
                 neighbour_sigma=pipeline_config.stage2.neighbour_sigma,
+                ensemble=pipeline_config.stage2.ensemble,
             ),
-            stage1=dict(steps=pipeline_config.stage1.steps, solver=pipeline_config.stage1.solver),
+            stage1=dict(
+                steps=pipeline_config.stage1.steps,
+                solver=pipeline_config.stage1.solver,
+                input_residual=pipeline_config.stage1.input_residual,
+            ),
         ),  # fmt: skip
         "segment_frames": segments,
         "summary": summarise(per_clip, segments),

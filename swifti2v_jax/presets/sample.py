@@ -80,6 +80,10 @@ def _base() -> ml_collections.ConfigDict:
             # are regenerated (guided toward the previous chunk while sigma > seam_release)
             # and cross-faded into it (TI2V only; sampling/stage1.py ti2v_chunks).
             seam_release=0.0,
+            # Add the input image minus Stage I's decoded frame 0 to every Stage I frame:
+            # removes the Stage I VAE's error on the input (sampling/stage1.py
+            # add_input_residual).
+            input_residual=False,
         )
     )
 
@@ -97,6 +101,7 @@ def _base() -> ml_collections.ConfigDict:
             guide_scale=1.0,
             sigma_start=1.0,  # < 1: start from z_ref noised to this sigma (either conditioning)
             neighbour_sigma=0.0,  # > 0: neighbours enter noised (models trained that way)
+            ensemble=1,  # > 1: each segment averages this many samples (one-step samplers)
         )
     )
 
@@ -144,7 +149,7 @@ def demo() -> ml_collections.ConfigDict:
     # chunk's (mean difference 0.036 against 0.043 unguided), so the fade mixes similar frames.
     c.stage1.update(
         steps=10, solver="unipc", schedule="unipc", shift=3.0, chunk_latents=17, overlap=4,
-        seam_release=0.2,
+        seam_release=0.2, input_residual=True,
     )  # fmt: skip
     # One Euler step from z_ref noised to 0.9: the model's x0 prediction, the estimate
     # closest to the truth in PSNR (more steps draw sharper but less faithful samples).
@@ -155,7 +160,7 @@ def demo() -> ml_collections.ConfigDict:
     # at 0.7 (demo/reproduce.py pins it).
     c.stage2.update(
         noisy_blocks=1, neighbours=1, solver="euler", schedule="euler", steps=1, shift=1.0,
-        guide_scale=1.0, sigma_start=0.9, neighbour_sigma=0.6,
+        guide_scale=1.0, sigma_start=0.9, neighbour_sigma=0.6, ensemble=4,
     )  # fmt: skip
     return c
 

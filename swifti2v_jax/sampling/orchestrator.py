@@ -62,7 +62,8 @@ def stage1_video_chunks(
 ):  # fmt: skip
     """Stage I from the low-res image [B, h, w, 3], as a generator of the clip's low-res video
     in order: [B, n, h, w, 3] pieces (chunk 0's video, then each later chunk's new frames; one
-    piece for a single pass). Each chunk is decoded on its own (sampling/stage1.py `Chunk`).
+    piece for a single pass). Each chunk is decoded on its own (sampling/stage1.py `Chunk`);
+    with `config.input_residual` every piece gets the input's residual (`add_input_residual`).
 
     `models`: a model source (its Stage I DiTs; `vae_params` is its Stage I VAE); with
     `swaps_experts` the I2V-A14B experts are loaded and freed in turn inside the sampling
@@ -84,8 +85,13 @@ def stage1_video_chunks(
             context=context, uncond_context=uncond, key=key, on_expert=on_expert,
             release=models.release_expert if models.swaps_experts else None,
         )  # fmt: skip
+    first_frame = None  # the clip's decoded frame 0 (chunk 0's), for input_residual
     for chunk in chunks:
-        yield chunk.new_video(vae_config)
+        video = chunk.new_video(vae_config)
+        if config.input_residual:
+            first_frame = video[:, 0] if first_frame is None else first_frame
+            video = stage1.add_input_residual(video, image_lo, first_frame)
+        yield video
 
 
 def stage1_video(

@@ -61,6 +61,8 @@ class Stage1Config:
     # in (0, 1) only the first is held, the others are regenerated (replacement-guided toward
     # the previous chunk's frames while sigma > seam_release) and cross-faded into them.
     seam_release: float = 0.0
+    # Add the input image minus Stage I's decoded frame 0 to every frame (`add_input_residual`).
+    input_residual: bool = False
 
     def __post_init__(self):
         if self.guide_scale_low is not None and self.guide_scale_low < 0:
@@ -280,6 +282,21 @@ def decoded_chunk(
     video = vae_lib.StreamingDecoder(vae_params, vae_config).push(latents[:, :keep])
     return Chunk(index=index, start=start, known=known, latents=latents[:, :keep], video=video,
                  held=held, tail=tail)  # fmt: skip
+
+
+def add_input_residual(video: jax.Array, image: jax.Array, first_frame: jax.Array) -> jax.Array:
+    """video [B, F, h, w, 3] + (image - first_frame), clipped to [-1, 1].
+
+    Stage I's frame 0 is the input image through the Stage I VAE, so image - first_frame is
+    that VAE's reconstruction error of the input. Every later frame carries much the same
+    error where the content has not moved, so adding it back to every frame removes it: the
+    video keeps its motion, frame 0 becomes the input exactly, and the frames after it start
+    from the input's detail and colours instead of the VAE's version of them (a small VAE
+    blurs a detailed photograph by several dB). `first_frame` is the clip's decoded frame 0
+    (chunk 0's), so every chunk of a long clip gets the same correction.
+    """
+    residual = image.astype(jnp.float32) - first_frame.astype(jnp.float32)
+    return jnp.clip(video + residual[:, None], -1.0, 1.0)
 
 
 def seam_weights(num_frames: int) -> np.ndarray:

@@ -17,6 +17,9 @@ training):
   (plain TI2V-5B). With sigma_start < 1 (either mode) the noisy blocks start from z_ref
   noised to sigma_start instead of pure noise;
 - `bidirectional` attention is full; `read_only` stops context queries attending noisy keys.
+
+`ensemble` > 1 runs each segment's window once per noise draw and keeps the mean
+(docs/design.md, "Samplers"; `ensemble_keys`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from swifti2v_jax.sampling import guidance as guidance_lib
 from swifti2v_jax.sampling import schedules, solvers
 
 NEIGHBOUR_NOISE_STREAM = 1  # fold_in tag: neighbour noise never reuses a noisy block's x_T
+ENSEMBLE_STREAM = 2  # fold_in tag of the extra noise draws of `CSGConfig.ensemble`
 ATTENTION_MODES = ("bidirectional", "read_only")
 
 
@@ -51,6 +55,9 @@ class CSGConfig(layout.WindowLayout):
     sigma_start: float = 1.0  # < 1: start from z_ref noised to exactly this level, then
     # follow the grid's sigmas below it (img2img style; steps=1 is one x0 prediction)
     neighbour_sigma: float = 0.0  # > 0: neighbours enter noised to this level (see above)
+    # > 1: each segment's output is the mean of this many samples (noise draws): with one
+    # step from sigma_start, a Monte-Carlo estimate of the conditional mean (see `ensemble_keys`)
+    ensemble: int = 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,6 +71,8 @@ class CSGConfig(layout.WindowLayout):
             raise ValueError(f"sigma_start must be in (0, 1], got {self.sigma_start}")
         if not 0.0 <= self.neighbour_sigma < 1.0:
             raise ValueError(f"neighbour_sigma must be in [0, 1), got {self.neighbour_sigma}")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
         solvers.make_solver(self.solver)
         self.make_schedule()  # validates the grid and shift now
 
@@ -146,6 +155,20 @@ class WindowDenoiser:
         return self._jitted(
             params, latents, z_ref, is_noisy, blocks, context, uncond, sigmas, timesteps
         )
+
+
+def ensemble_keys(key: jax.Array, count: int) -> list[jax.Array]:
+    """The keys of a segment's `count` noise draws: `key` itself first (so ensemble=1 is the
+    plain sampler), then draws from their own stream.
+
+    Why average: the demo samples one Euler step from z_ref noised to sigma_start, i.e. the
+    model's x0 prediction from one noise draw. Each draw errs in its own way, and with one
+    draw per block those errors flicker from frame to frame; their mean estimates the
+    conditional mean, the output closest to the truth in squared error. With many steps the
+    samples are sharp and differ in detail, and their mean blurs instead.
+    """
+    extra = jax.random.fold_in(key, ENSEMBLE_STREAM)
+    return [key] + [jax.random.fold_in(extra, draw) for draw in range(1, count)]
 
 
 def noise_neighbours(window_latents, is_noisy, sigma: float, key, blocks) -> jax.Array:
@@ -242,24 +265,33 @@ class SegmentStream:
         empty = jnp.zeros_like(anchor)  # noisy slots: replaced by their start below
         current = jnp.concatenate([self._latents.get(int(b), empty) for b in blocks], axis=1)
         ref = jnp.concatenate([self._refs[int(b)] for b in blocks], axis=1)
-        block_shape = (anchor.shape[0], *anchor.shape[2:])
-        noise = block_noise(self.key, blocks, block_shape)
+        draws = [
+            self._sample(window, current, ref, key)
+            for key in ensemble_keys(self.key, config.ensemble)
+        ]
+        out = draws[0] if len(draws) == 1 else sum(draws) / len(draws)
+        noisy_positions = np.flatnonzero(is_noisy)
+        new_blocks = out[:, noisy_positions]
+        for i, block in enumerate(blocks[noisy_positions]):
+            self._latents[int(block)] = new_blocks[:, i : i + 1]
+        return SegmentResult(index, window, window.noisy_blocks, new_blocks)
+
+    def _sample(self, window: layout.Window, current, ref, key) -> jax.Array:
+        """One sample of the window from the noise of `key` (noisy blocks and neighbours)."""
+        config = self.denoiser.config
+        blocks, is_noisy = window.as_arrays()
+        block_shape = (current.shape[0], *current.shape[2:])
+        noise = block_noise(key, blocks, block_shape)
         if config.conditioning == "refine" or config.sigma_start < 1.0:
             sigma0 = float(self.schedule.sigmas[0])
             start = (1.0 - sigma0) * ref + sigma0 * noise
         else:
             start = noise
         if config.neighbour_sigma > 0:
-            current = noise_neighbours(current, is_noisy, config.neighbour_sigma, self.key, blocks)
+            current = noise_neighbours(current, is_noisy, config.neighbour_sigma, key, blocks)
         init = jnp.where(is_noisy[None, :, None, None, None], start, current)
-        out = self.denoiser(
-            self.params, init, ref, window, self.context, self.uncond, self.schedule
-        )
-        noisy_positions = np.flatnonzero(is_noisy)
-        new_blocks = out[:, noisy_positions]
-        for i, block in enumerate(blocks[noisy_positions]):
-            self._latents[int(block)] = new_blocks[:, i : i + 1]
-        return SegmentResult(index, window, window.noisy_blocks, new_blocks)
+        return self.denoiser(self.params, init, ref, window, self.context, self.uncond,
+                             self.schedule)  # fmt: skip
 
 
 def generate(
