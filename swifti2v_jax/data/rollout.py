@@ -53,6 +53,7 @@ def rollout(
     overwrite=False,
     progress=True,
     sigma_start=None,
+    ensemble=None,
 ):
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise ValueError(f"--out must differ from --data ({data_dir}): the input is kept")
@@ -62,8 +63,11 @@ def rollout(
     prepare.check_output(out_dir, max(len(source), 1), dtype, overwrite)
     sampler = pipeline_config(sample_presets.get_config(preset))
     csg_config = sampler.stage2
-    if sigma_start is not None:  # pinned by a reproduction, whatever the preset says today
+    # Pinned by a reproduction, whatever the preset says today.
+    if sigma_start is not None:
         csg_config = dataclasses.replace(csg_config, sigma_start=sigma_start)
+    if ensemble is not None:
+        csg_config = dataclasses.replace(csg_config, ensemble=ensemble)
     model_dict, params = checkpoints.load(stage2_dir, kind="dit")
     model_config = DiTConfig.from_dict(model_dict)
     denoiser = stage2.WindowDenoiser(model_config, csg_config)  # validates conditioning vs model
@@ -109,12 +113,16 @@ def main(argv=None) -> int:
         "--sigma-start", type=float, default=None,
         help="Stage II start noise level (default: the preset's stage2.sigma_start)",
     )  # fmt: skip
+    parser.add_argument(
+        "--ensemble", type=int, default=None,
+        help="Stage II samples averaged per segment (default: the preset's stage2.ensemble)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
         _, info = rollout(
             args.data, args.stage2, args.out, preset=args.preset, seed=args.seed,
-            overwrite=args.overwrite, sigma_start=args.sigma_start,
+            overwrite=args.overwrite, sigma_start=args.sigma_start, ensemble=args.ensemble,
         )  # fmt: skip
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)

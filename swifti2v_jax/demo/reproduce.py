@@ -47,9 +47,9 @@ from pathlib import Path
 
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
 
-# The Stage II sampler the training rollouts were made with (the demo preset's start level
-# when the shipped models were trained; the preset has since moved to 0.9).
-ROLLOUT_SAMPLER = ("--sigma-start", "0.7")
+# The Stage II sampler the training rollouts were made with (the demo preset's when the
+# shipped models were trained: one draw from 0.7; the preset has since moved on).
+ROLLOUT_SAMPLER = ("--sigma-start", "0.7", "--ensemble", "1")
 
 COMPONENTS = {  # shipped name -> (workdir sub-folder, what)
     "dit": (

@@ -147,20 +147,25 @@ def demo() -> ml_collections.ConfigDict:
     # benchmarks/results/stage1_seams), while Stage I cost grows as 16/(17 - overlap) per
     # frame. Guiding the regenerated frames until sigma 0.2 keeps them closer to the previous
     # chunk's (mean difference 0.036 against 0.043 unguided), so the fade mixes similar frames.
+    # input_residual: the demo VAE reconstructs a detailed photo at 32x16 at about 18 dB, and
+    # Stage I's later frames inherit that error; adding it back lifted `sample.py --image`
+    # astronaut from 19.5 to 22.0 dB (benchmarks/photo_follows.py's figure, one draw).
     c.stage1.update(
         steps=10, solver="unipc", schedule="unipc", shift=3.0, chunk_latents=17, overlap=4,
         seam_release=0.2, input_residual=True,
     )  # fmt: skip
-    # One Euler step from z_ref noised to 0.9: the model's x0 prediction, the estimate
-    # closest to the truth in PSNR (more steps draw sharper but less faithful samples).
-    # Neighbours enter noised to 0.6. Chosen on validation clips (README "Demo models"):
-    # since Stage II phase 5 learned how far to trust Stage I's references, starting from
-    # less of z_ref gains (Stage II - bicubic, pipeline: photos +1.00 dB at 0.7, +1.36 at
-    # 0.9, -0.87 at 1.0; procedural +1.08, +1.20, -0.24). The training rollouts were made
-    # at 0.7 (demo/reproduce.py pins it).
+    # One Euler step from z_ref noised to 0.8: the model's x0 prediction, the estimate
+    # closest to the truth in PSNR (more steps draw sharper but less faithful samples),
+    # averaged over 8 noise draws (`ensemble`): single draws err each in their own way, which
+    # flickered (frame change 0.035 on astronaut, the truth's 0.015). Neighbours enter noised
+    # to 0.6. Chosen on validation clips (README "Demo models"), Stage II - bicubic, pipeline,
+    # photos / procedural: one draw from 0.9 +1.36 / +1.20 dB (before input_residual);
+    # with input_residual (a stronger bicubic) 4 draws from 0.9 +1.14 / +1.22, from 0.8
+    # +1.15 / +1.29, 8 draws from 0.8 +1.21 / +1.32. The training rollouts were made with
+    # one draw from 0.7 (demo/reproduce.py pins it).
     c.stage2.update(
         noisy_blocks=1, neighbours=1, solver="euler", schedule="euler", steps=1, shift=1.0,
-        guide_scale=1.0, sigma_start=0.9, neighbour_sigma=0.6, ensemble=4,
+        guide_scale=1.0, sigma_start=0.8, neighbour_sigma=0.6, ensemble=8,
     )  # fmt: skip
     return c
 
