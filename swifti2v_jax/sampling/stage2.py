@@ -265,11 +265,11 @@ class SegmentStream:
         empty = jnp.zeros_like(anchor)  # noisy slots: replaced by their start below
         current = jnp.concatenate([self._latents.get(int(b), empty) for b in blocks], axis=1)
         ref = jnp.concatenate([self._refs[int(b)] for b in blocks], axis=1)
-        draws = [
-            self._sample(window, current, ref, key)
-            for key in ensemble_keys(self.key, config.ensemble)
-        ]
-        out = draws[0] if len(draws) == 1 else sum(draws) / len(draws)
+        total = None  # a running sum: one draw's window output held at a time
+        for key in ensemble_keys(self.key, config.ensemble):
+            draw = self._sample(window, current, ref, key)
+            total = draw if total is None else total + draw
+        out = total / config.ensemble
         noisy_positions = np.flatnonzero(is_noisy)
         new_blocks = out[:, noisy_positions]
         for i, block in enumerate(blocks[noisy_positions]):
