@@ -403,12 +403,12 @@ def test_rollout_adds_the_csg_output_of_each_clip(tmp_path, capsys):
         np.testing.assert_allclose(record["generated"], expected, atol=2e-3, rtol=2e-3)
         np.testing.assert_array_equal(record["generated"][0], record["latents"][0])
         np.testing.assert_array_equal(record["latents"], plain[index]["latents"])
-    # A pinned start level (reproduce.py's rollouts) replaces the preset's, and is recorded.
-    pinned = argv + ["--out", str(tmp_path / "pinned"), "--sigma-start", "0.5"]
+    # A pinned sampler (reproduce.py's rollouts) replaces the preset's, and is recorded.
+    assert pipeline_config.stage2.ensemble > 1
+    pinned = argv + ["--out", str(tmp_path / "pinned"), "--sigma-start", "0.5", "--ensemble", "1"]
     assert rollout.main(pinned) == 0
-    assert (
-        prepare.read_dataset_info(tmp_path / "pinned")["rollout"]["sampler"]["sigma_start"] == 0.5
-    )
+    sampler = prepare.read_dataset_info(tmp_path / "pinned")["rollout"]["sampler"]
+    assert (sampler["sigma_start"], sampler["ensemble"]) == (0.5, 1)
     other = records.as_record(loader.array_record_source(tmp_path / "pinned")[0])["generated"]
     assert np.abs(other[1:] - records.as_record(written[0])["generated"][1:]).max() > 1e-3
     # The output folder is not overwritten by accident; a Stage I-style model is refused.
