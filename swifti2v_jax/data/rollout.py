@@ -62,12 +62,11 @@ def rollout(
     dtype = info.get("dtype", "float16")
     prepare.check_output(out_dir, max(len(source), 1), dtype, overwrite)
     sampler = pipeline_config(sample_presets.get_config(preset))
-    csg_config = sampler.stage2
-    # Pinned by a reproduction, whatever the preset says today.
-    if sigma_start is not None:
-        csg_config = dataclasses.replace(csg_config, sigma_start=sigma_start)
-    if ensemble is not None:
-        csg_config = dataclasses.replace(csg_config, ensemble=ensemble)
+    # Settings pinned by a reproduction replace the preset's, whatever it says today.
+    pinned = dict(sigma_start=sigma_start, ensemble=ensemble)
+    csg_config = dataclasses.replace(
+        sampler.stage2, **{k: v for k, v in pinned.items() if v is not None}
+    )
     model_dict, params = checkpoints.load(stage2_dir, kind="dit")
     model_config = DiTConfig.from_dict(model_dict)
     denoiser = stage2.WindowDenoiser(model_config, csg_config)  # validates conditioning vs model

@@ -290,9 +290,9 @@ def add_input_residual(video: jax.Array, image: jax.Array, first_frame: jax.Arra
     Stage I's frame 0 is the input image through the Stage I VAE, so image - first_frame is
     that VAE's reconstruction error of the input. Every later frame carries much the same
     error where the content has not moved, so adding it back to every frame removes it: the
-    video keeps its motion, frame 0 becomes the input exactly, and the frames after it start
-    from the input's detail and colours instead of the VAE's version of them (a small VAE
-    blurs a detailed photograph by several dB). `first_frame` is the clip's decoded frame 0
+    video keeps its motion, frame 0 becomes the input (to rounding), and the frames after it
+    start from the input's detail and colours instead of the VAE's version of them (a small
+    VAE blurs a detailed photograph by several dB). `first_frame` is the clip's decoded frame 0
     (chunk 0's), so every chunk of a long clip gets the same correction.
     """
     residual = image.astype(jnp.float32) - first_frame.astype(jnp.float32)
