@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion import dit as dit_conversion
 from swifti2v_jax.models.dit import DiTConfig
 
 
@@ -46,12 +45,17 @@ def make_diffusers_model(config: DiTConfig, seed: int = 0):
     return model
 
 
+def release_names() -> dict[str, str]:
+    """Diffusers name -> ORIGINAL name, from the release key table (not from the converter)."""
+    table = json.loads((Path(__file__).parent / "data" / "wan22_dit_keys.json").read_text())
+    return {d: o for entry in ("ti2v_5b", "i2v_a14b_expert") for o, d, _ in table[entry]["tensors"]}
+
+
 def original_state_dict(model) -> dict[str, np.ndarray]:
-    """The diffusers model's tensors under the ORIGINAL Wan release names."""
-    out = {}
-    for name, tensor in model.state_dict().items():
-        out[dit_conversion.diffusers_to_original(name)] = tensor.detach().cpu().numpy()
-    return out
+    """The diffusers model's tensors under the ORIGINAL Wan release names (tiny models use a
+    subset of the release's block indices, so every name is in the table)."""
+    names = release_names()
+    return {names[k]: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
 def write_original_layout(directory: Path, config: DiTConfig, tensors: dict, shards: int = 2):
