@@ -23,6 +23,7 @@ from swifti2v_jax.demo import BUNDLED_WEIGHTS
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.sampling import orchestrator, stage2
 from swifti2v_jax.training import loss as loss_lib
+from tests import pil_resize
 
 FRAMES, SIZE, FACTOR, TEXT_LEN, TEXT_DIM = 5, 32, 2, 8, 4
 
@@ -149,8 +150,8 @@ def test_pixel_degradation_is_a_low_res_video_for_the_one_builder():
     assert 0 < np.abs(low - clean).max() < 0.3  # noise of std <= 0.05 on the bicubic resize
     hybrid = np.asarray(reference.hybrid_reference(low[None], video[None, 0]))[0]
     np.testing.assert_array_equal(hybrid[0], video[0])
-    upsampled = reference.resize_frames(jnp.asarray(low[None, 1:]), 16, 16)
-    np.testing.assert_array_equal(hybrid[1:], np.asarray(upsampled)[0])
+    upsampled = pil_resize.bicubic_upsample(low[None, 1:], 16, 16)  # the documented method
+    np.testing.assert_allclose(hybrid[1:], upsampled[0], rtol=0, atol=1e-6)
 
 
 def test_latent_degradation_keeps_the_anchor():
