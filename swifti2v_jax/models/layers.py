@@ -21,9 +21,15 @@ from swifti2v_jax.models.chunked_attention import chunked_attention
 ATTENTION_BACKENDS = ("xla", "chunked", "cudnn", "splash")
 
 
+# The dtype every DiT norm computes its statistics in: fp32, as in Wan2.2 (docs/design.md,
+# "Conventions"). A module attribute only so that tests/test_dit.py can force bf16 norms and show
+# the bf16 tolerance catches them; nothing else changes it.
+NORM_DTYPE = jnp.float32
+
+
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
     """LayerNorm without affine parameters, computed in fp32 (returns fp32)."""
-    x = x.astype(jnp.float32)
+    x = x.astype(NORM_DTYPE)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps)
@@ -50,7 +56,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(NORM_DTYPE)
         normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
         return normed.astype(x.dtype) * scale.astype(x.dtype)
 
