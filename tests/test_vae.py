@@ -281,7 +281,7 @@ def _smooth_video(height: int, width: int, frames: int = 5, seed: int = 4) -> np
     return np.asarray(jnp.clip(video, -1, 1))
 
 
-def test_tiled_encode_is_exact_with_one_tile_and_close_with_several():
+def test_tiled_encode_is_exact_with_one_tile_and_the_ramp_blend_of_several():
     _, config, params = build_reference("wan22")
     video = _smooth_video(64, 96)  # latent 4 x 6
     untiled = np.asarray(vae.encode(params, config, video))

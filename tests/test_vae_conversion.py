@@ -218,8 +218,10 @@ def test_bad_checkpoints_are_refused_with_all_problems_listed():
         convert_vae.params_from_source({"post_quant_conv.weight": torch.zeros(16, 16, 1, 1, 1)})
 
 
-def test_converted_params_drive_the_model():
-    """Conversion output has exactly the structure (and shapes) of the module's own init."""
+def test_converted_params_have_the_init_structure():
+    """Conversion output has exactly the structure (and shapes) of the module's own init.
+    (That the converted params drive the model like diffusers' is
+    tests/test_vae.py::test_encode_decode_match_diffusers.)"""
     for variant in ("wan22", "wan21"):
         _, config, params = build_reference(variant)
         expected = jax.tree.map(lambda x: x.shape, vae.abstract_params(config))
