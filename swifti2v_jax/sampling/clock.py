@@ -1,10 +1,11 @@
-"""Bookkeeping of a run: seconds per stage and peak memory."""
+"""Bookkeeping of a run: seconds per stage, peak memory and XLA compilations."""
 
 from __future__ import annotations
 
 import contextlib
 import resource
 import sys
+import threading
 import time
 
 import jax
@@ -55,3 +56,28 @@ def peak_memory() -> tuple[int, str]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
     return int(rss) * scale, "process peak RSS"
+
+
+# JAX records this event once per XLA executable it builds: compiled, or fetched from the
+# persistent compilation cache (jax/_src/interpreters/pxla.py); eager ops count too.
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compilations = 0
+_listening = threading.Lock()
+_listener_registered = False
+
+
+def _count(event: str, duration: float, **metadata) -> None:
+    global _compilations
+    if event == _BACKEND_COMPILE_EVENT:
+        _compilations += 1
+
+
+def compilations() -> int:
+    """XLA programs built in this process since the first call (take differences: a run that
+    reuses every program it needs builds none)."""
+    global _listener_registered
+    with _listening:
+        if not _listener_registered:
+            jax.monitoring.register_event_duration_secs_listener(_count)
+            _listener_registered = True
+    return _compilations

@@ -10,9 +10,11 @@ Each stage is a function of (models, inputs) that loads nothing itself: `encode_
 `stage1_video_chunks` (or `stage1_video`), `reference_latents`, `stage2_latents`. `run`
 interleaves them chunk by chunk (Stage I chunk -> reference -> the segments it completes ->
 decode -> sink), so memory is bounded whatever the clip length and the first frames reach
-the sink early. It asks a model source (sampling/residency.py) for each model when first
-needed and tells it when a stage ends (Stage I: after its last chunk), so what is resident
-when is the source's policy, not the orchestrator's. sample.py (via
+the sink early. An `on_progress` callback hears where the run is (`Progress`) before each
+Stage I chunk and after each written piece; an exception it raises ends the run there.
+It asks a model source (sampling/residency.py) for each model when first needed and tells it
+when a stage ends (Stage I: after its last chunk), so what is resident when is the source's
+policy, not the orchestrator's. sample.py and the web app (via generation.py and
 sampling/pipeline.py), eval/demo_quality.py and data/rollout.py all run these functions.
 """
 
@@ -34,13 +36,31 @@ from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.progress import bar as progress_bar
 from swifti2v_jax.sampling import stage1, stage1_a14b, stage2
-from swifti2v_jax.sampling.clock import StageClock, peak_memory
+from swifti2v_jax.sampling.clock import StageClock, compilations, peak_memory
 from swifti2v_jax.sampling.config import PipelineConfig
 from swifti2v_jax.sampling.models import ModelSpecs
 from swifti2v_jax.sampling.plan import SizePlan
 
 STAGES = ("text", "stage1", "reference_encode", "stage2", "decode")
 FrameSink = Callable[[np.ndarray], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run is, as `run` reports it: `stage` is 'text' (the text encoder starts),
+    'stage1' (Stage I chunk `chunk` of `chunks` starts) or 'stage2' (`new_frames` were just
+    written: the input's frame 0, then each Stage II segment's; `segment` of `segments` done).
+    """
+
+    stage: str
+    elapsed: float  # seconds since the run started
+    chunk: int
+    chunks: int
+    segment: int
+    segments: int
+    frames_written: int
+    frames: int
+    new_frames: np.ndarray | None = None  # uint8 [n, H, W, 3]
 
 
 @dataclasses.dataclass
@@ -149,6 +169,7 @@ def run(
     sink: FrameSink | None = None,
     clock: StageClock | None = None,
     keep_latents: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> GenerationResult:
     """Runs every stage, interleaved: Stage I chunk k -> its part of the hybrid reference ->
     the Stage II segments that part completes -> decode -> `sink` (uint8 frames [n, H, W, 3]).
@@ -158,9 +179,11 @@ def run(
     the stages run one after the other on the whole clip (tests/test_streaming.py).
     image: an RGB PIL image (any size; resized and centre-cropped to the plan's sizes).
     keep_latents: also return the whole clip's Stage II latents (they grow with the clip).
+    on_progress: called with a `Progress` at each step; what it raises ends the run.
     """
     clock = clock or StageClock()
     start = time.perf_counter()
+    compilations_before = compilations()
     key_stage1, key_stage2 = jax.random.split(jax.random.key(seed))
     image_hi, image_lo = prepare_images(image, plan)
     num_chunks = len(
@@ -175,6 +198,18 @@ def run(
         file=sys.stderr,
     )  # fmt: skip
 
+    state = dict(chunk=0, segment=-1, frames_written=0)  # segment 0: the input's frame
+
+    def report(stage: str, new_frames=None) -> None:
+        if on_progress is not None:
+            on_progress(
+                Progress(
+                    stage, time.perf_counter() - start, chunks=num_chunks,
+                    segments=plan.segments, frames=plan.frames, new_frames=new_frames, **state,
+                )
+            )  # fmt: skip
+
+    report("text")
     bar.set_postfix_str("text encoder")
     encoder = models.get_text_encoder()
     with clock("text"):
@@ -195,6 +230,9 @@ def run(
             first_frame.append(time.perf_counter() - start)
         if sink is not None:
             sink(frames)
+        state["segment"] += 1
+        state["frames_written"] += len(frames)
+        report("stage2", frames)
 
     traces_before = sum(stage1.TRACES.values())
     stage1_vae = models.get_stage1_vae()
@@ -204,6 +242,8 @@ def run(
     )  # fmt: skip
     streamer = None
     for index in range(num_chunks):
+        state["chunk"] = index + 1
+        report("stage1")
         bar.set_postfix_str(f"Stage I chunk {index + 1}/{num_chunks}")
         with clock("stage1"):
             video_low = next(pieces)
@@ -232,7 +272,10 @@ def run(
         seconds=seconds,
         peak_memory_bytes=memory,
         peak_memory_source=memory_source,
-        stage2_compilations=streamer.denoiser.traces,
+        stage2_compilations=streamer.denoiser.traces - streamer.denoiser_traces_before,
+        # Every XLA program built during the run (0 when all were built by an earlier run in
+        # this process: sampling/residency.py WarmModels).
+        xla_compilations=compilations() - compilations_before,
         # Stage I programs traced in this run (0 when already compiled in this process; the
         # two I2V-A14B experts taking turns are one program each).
         stage1_compilations=sum(stage1.TRACES.values()) - traces_before,
@@ -278,7 +321,8 @@ class _Streamer:
             )
             jax.block_until_ready(anchor)
         params = models.get_stage2_dit()
-        self.denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
+        self.denoiser = models.get_stage2_denoiser(specs.stage2, config.stage2)
+        self.denoiser_traces_before = self.denoiser.traces
         self.segments = stage2.SegmentStream(
             self.denoiser, params, num_blocks=plan.latent_frames, anchor=anchor,
             context=context, uncond_context=uncond, key=key,

@@ -25,7 +25,7 @@ from swifti2v_jax.sampling.models import (  # noqa: F401
 )
 from swifti2v_jax.sampling.orchestrator import GenerationResult
 from swifti2v_jax.sampling.plan import SizePlan, auto_resolution, plan_sizes  # noqa: F401
-from swifti2v_jax.sampling.residency import CheckpointModels
+from swifti2v_jax.sampling.residency import CheckpointModels, WarmModels
 
 
 class SwiftI2VPipeline:
@@ -47,14 +47,21 @@ class SwiftI2VPipeline:
     def needs_negative_prompt(self) -> bool:
         return self.config.needs_negative_prompt
 
-    def generate(self, image, prompt: str, plan: SizePlan, **options) -> GenerationResult:
+    def generate(
+        self, image, prompt: str, plan: SizePlan, *, models: WarmModels | None = None, **options
+    ) -> GenerationResult:
         """`orchestrator.run` on this pipeline's checkpoints (options: negative_prompt, seed,
-        sink, which receives uint8 frames [n, H, W, 3] as segments finish).
+        sink, which receives uint8 frames [n, H, W, 3] as segments finish, on_progress).
 
         image: an RGB PIL image (any size; resized and centre-cropped to the plan's sizes).
+        models: resident models kept from earlier runs (they must serve these checkpoints);
+        None loads each model for this run only.
         """
         clock = StageClock()
-        models = CheckpointModels(self.paths, self.config, clock)
+        if models is None:
+            models = CheckpointModels(self.paths, self.config, clock)
+        else:
+            models.start_run(self.paths, self.config, clock)
         return orchestrator.run(
             models, self.specs, self.config, image, prompt, plan, clock=clock, **options
         )

@@ -9,6 +9,12 @@ starts and tells it when a stage is over; the source decides what that costs:
   the MemoryOptions, frees it when its stage ends: the text encoder can run on the host CPU,
   the two I2V-A14B experts can take turns on the device, Stage I is released before Stage II.
   Checkpoints shared by both stages (the TI2V-5B DiT or VAE) are loaded once.
+- `WarmModels`: like `CheckpointModels`, but every model is loaded once and kept, with the
+  Stage II program, for later runs (the web app): a second run of the same shapes loads and
+  compiles nothing.
+
+Each source also hands out the Stage II window program (`get_stage2_denoiser`): a new one per
+run (one compilation each), or the kept one for `WarmModels`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax
 
 from swifti2v_jax import checkpoints
 from swifti2v_jax.models import streaming
+from swifti2v_jax.sampling import stage2
 from swifti2v_jax.sampling.clock import StageClock
 from swifti2v_jax.sampling.config import PipelineConfig
 from swifti2v_jax.sampling.models import ModelPaths
@@ -81,6 +88,9 @@ class ResidentModels:
     def get_stage2_dit(self):
         return self.stage2_dit
 
+    def get_stage2_denoiser(self, model_config, csg_config) -> stage2.WindowDenoiser:
+        return stage2.WindowDenoiser(model_config, csg_config)
+
 
 class CheckpointModels:
     """Loads from converted checkpoints when a stage starts and frees by the memory options."""
@@ -93,12 +103,16 @@ class CheckpointModels:
         self._stage2_dit = None
         self._stage2_given = None  # the Stage II DiT handed out (never released here)
 
-    def _load(self, path: Path, kind: str, stage: str | None = None):
+    def _load_key(self, path: Path, kind: str, stage: str | None) -> tuple:
+        """load()'s arguments for the model at `path` used by `stage`."""
         memory = self.config.memory
         weights = memory.dit_weights if kind == "dit" else "native"
         stream = kind == "dit" and memory.stream_layers in (stage, "both")
+        return path, kind, weights, stream
+
+    def _load(self, path: Path, kind: str, stage: str | None = None):
         with self.clock("load"):
-            return load(path, kind, weights, stream)
+            return load(*self._load_key(path, kind, stage))
 
     def get_text_encoder(self):
         from swifti2v_jax.text import PromptEncoder
@@ -168,3 +182,63 @@ class CheckpointModels:
             params = self._load(self.paths.stage2, "dit", "stage2")
         self._stage2_given = params
         return params
+
+    def get_stage2_denoiser(self, model_config, csg_config) -> stage2.WindowDenoiser:
+        return stage2.WindowDenoiser(model_config, csg_config)
+
+
+def _load_settings(config: PipelineConfig) -> tuple:
+    """The settings that change what `WarmModels` holds (not the samplers' settings)."""
+    return config.memory, config.text_len, config.text_cache_dir
+
+
+class WarmModels(CheckpointModels):
+    """Loads each model once and keeps it, and one Stage II program per sampler setting, for
+    every later run on the same checkpoints (`start_run` begins one).
+
+    Nothing is freed between stages or runs: the models of both stages are resident together
+    whatever `release_stage1` says; with `swap_stage1_experts` the I2V-A14B experts still run
+    as one program each, as in a `CheckpointModels` run, but both stay loaded.
+    """
+
+    def __init__(self, paths: ModelPaths, config: PipelineConfig):
+        super().__init__(paths, config, StageClock())
+        self._models: dict[tuple, Any] = {}
+        self._text_encoder = None
+        self._denoisers: dict[tuple, stage2.WindowDenoiser] = {}
+
+    def serves(self, paths: ModelPaths, config: PipelineConfig) -> bool:
+        return paths == self.paths and _load_settings(config) == _load_settings(self.config)
+
+    def start_run(self, paths: ModelPaths, config: PipelineConfig, clock: StageClock) -> None:
+        """The next run's settings (sampler settings may change) and stage clock."""
+        if not self.serves(paths, config):
+            raise ValueError("these warm models hold other checkpoints or memory settings")
+        self.config, self.clock = config, clock
+        self.swaps_experts = config.stage1.backbone == "a14b" and config.memory.swap_stage1_experts
+
+    def _load(self, path: Path, kind: str, stage: str | None = None):
+        key = self._load_key(path, kind, stage)
+        if key not in self._models:
+            self._models[key] = super()._load(path, kind, stage)
+        return self._models[key]
+
+    def get_text_encoder(self):
+        if self._text_encoder is None:
+            self._text_encoder = super().get_text_encoder()
+        return self._text_encoder
+
+    def done_text(self, encoder) -> None:
+        pass
+
+    def release_expert(self, params) -> None:
+        pass
+
+    def done_stage1(self) -> None:
+        pass
+
+    def get_stage2_denoiser(self, model_config, csg_config) -> stage2.WindowDenoiser:
+        key = (model_config, csg_config)
+        if key not in self._denoisers:
+            self._denoisers[key] = stage2.WindowDenoiser(model_config, csg_config)
+        return self._denoisers[key]
