@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from swifti2v_jax import cli
 from swifti2v_jax.generation import (
+    CHECKPOINT_FLAGS,
     closing_line,
     enable_compilation_cache,
     generate,
@@ -51,14 +52,8 @@ flags.DEFINE_string("resolution", None, "Output WIDTHxHEIGHT (multiples of 32) o
 flags.DEFINE_integer("stage1_steps", None, "Stage I sampling steps.")
 flags.DEFINE_integer("stage2_steps", None, "Stage II sampling steps.")
 flags.DEFINE_string("summary", None, "Write a JSON summary (timings, memory, ...) here.")
-flags.DEFINE_string("checkpoints", None, "Converted checkpoint root (python -m conversion).")
-flags.DEFINE_string("stage1_checkpoints", None, "Converted Stage I root (default: --checkpoints).")
-flags.DEFINE_string("stage1", None, "Stage I DiT dir (a14b: dir with high_noise/, low_noise/).")
-flags.DEFINE_string("stage1_vae", None, "Stage I VAE dir.")
-flags.DEFINE_string("stage2", None, "Stage II DiT dir.")
-flags.DEFINE_string("vae", None, "Stage II (Wan2.2) VAE dir.")
-flags.DEFINE_string("t5", None, "Converted umT5 dir.")
-flags.DEFINE_string("tokenizer", None, "Tokenizer dir (with tokenizer.json).")
+for _name, (_, _help) in CHECKPOINT_FLAGS.items():
+    flags.DEFINE_string(_name, None, _help)
 
 FLAGS = flags.FLAGS
 
@@ -74,14 +69,7 @@ _OVERRIDES = {
     "summary": "summary",
     "stage1_steps": "stage1.steps",
     "stage2_steps": "stage2.steps",
-    "checkpoints": "checkpoints.root",
-    "stage1_checkpoints": "checkpoints.stage1_root",
-    "stage1": "checkpoints.stage1",
-    "stage1_vae": "checkpoints.stage1_vae",
-    "stage2": "checkpoints.stage2",
-    "vae": "checkpoints.vae",
-    "t5": "checkpoints.t5",
-    "tokenizer": "checkpoints.tokenizer",
+    **{flag: field for flag, (field, _) in CHECKPOINT_FLAGS.items()},
 }
 
 

@@ -20,6 +20,21 @@ from typing import Any
 
 from swifti2v_jax import cli
 
+# Flags naming converted checkpoints (sample.py, the web app): flag -> (config field, help).
+CHECKPOINT_FLAGS = {
+    "checkpoints": ("checkpoints.root", "Converted checkpoint root (python -m conversion)."),
+    "stage1_checkpoints": (
+        "checkpoints.stage1_root",
+        "Converted Stage I root (default: --checkpoints).",
+    ),
+    "stage1": ("checkpoints.stage1", "Stage I DiT dir (a14b: dir with high_noise/, low_noise/)."),
+    "stage1_vae": ("checkpoints.stage1_vae", "Stage I VAE dir."),
+    "stage2": ("checkpoints.stage2", "Stage II DiT dir."),
+    "vae": ("checkpoints.vae", "Stage II (Wan2.2) VAE dir."),
+    "t5": ("checkpoints.t5", "Converted umT5 dir."),
+    "tokenizer": ("checkpoints.tokenizer", "Tokenizer dir (with tokenizer.json)."),
+}
+
 UsageError = cli.UserError  # ends the run with a one-line message (no traceback)
 
 
