@@ -69,8 +69,8 @@ def build(engine: Engine) -> gr.Blocks:
                 )
                 with gr.Row():
                     frames = gr.Number(
-                        initial["frames"], label="Frames", info="4k+1, e.g. 17 or 81",
-                        precision=0, elem_id="frames",
+                        initial["frames"], label="Frames", precision=0, elem_id="frames",
+                        info="k x the VAE's temporal stride + 1 (Wan2.2: 4k+1, e.g. 81)",
                     )  # fmt: skip
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                 preset = gr.Dropdown(
