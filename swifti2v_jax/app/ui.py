@@ -120,7 +120,7 @@ def build(engine: Engine) -> gr.Blocks:
                 status = gr.Markdown("Ready.", elem_id="status")
                 preview = gr.Image(
                     label="Preview: the frames written so far", interactive=False,
-                    elem_id="preview", format="png",
+                    elem_id="preview", format="png", height=180,
                 )  # fmt: skip
                 video = gr.Video(label="Video", interactive=False, elem_id="video")
                 download = gr.DownloadButton(
