@@ -11,7 +11,7 @@ from swifti2v_jax import generation
 from swifti2v_jax.io.video import read_video
 from swifti2v_jax.sampling.residency import WarmModels
 
-FRAMES = 9  # 4k + 1: 3 latent blocks after the anchor, so several Stage II segments
+FRAMES = 17  # the demo preset's length (its programs are shared with the other demo runs)
 
 
 class Cancelled(Exception):
