@@ -84,8 +84,13 @@ def _base() -> ml_collections.ConfigDict:
         )
     )
 
-    config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, use_async=True))
+    # verify: checksums written at save, checked at restore (docs/faults.md).
+    config.checkpoint = ml_collections.ConfigDict(
+        dict(every=500, keep=3, use_async=True, verify=True)
+    )
     config.log_every = 20
+    # A non-finite loss, gradient norm or update stops the run; > 0 skips that many bad batches.
+    config.max_nonfinite_skips = 0
     # One 'data' axis over all devices (-1); FSDP shards params, Adam moments and EMA over it.
     # A ('data', 'fsdp') mesh over num_devices (-1: all). fsdp=True: data_size replicas of an
     # FSDP group of the other devices (params, Adam moments, EMA split over it); fsdp=False:

@@ -46,6 +46,7 @@ def write_model_dir(path: str | os.PathLike, kind: str, config: dict, params, **
 
     Callers that need atomicity write into a temporary directory and rename (see `save`).
     """
+    check_finite(params, path)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=False)
     with open(path / CONFIG_FILE, "w") as f:
@@ -56,6 +57,20 @@ def write_model_dir(path: str | os.PathLike, kind: str, config: dict, params, **
     checkpointer.save((path / PARAMS_DIR).absolute(), _to_numpy(params))
     checkpointer.wait_until_finished()
     checkpointer.close()
+
+
+def check_finite(params, where) -> None:
+    """Refuses to write a model holding NaN or infinity (a diverged run; docs/faults.md)."""
+    for key, leaf in jax.tree_util.tree_leaves_with_path(params):
+        array = np.asarray(leaf)
+        if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+            continue
+        bad = np.size(array) - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise CheckpointError(
+                f"refusing to write {where}: parameter {jax.tree_util.keystr(key)} holds {bad} "
+                f"non-finite value(s) of {np.size(array)}"
+            )
 
 
 @contextlib.contextmanager
@@ -114,6 +129,11 @@ def load(
         raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, expected {kind!r}")
     if quant.check_format(quantize) != "native" and meta.get("kind") != "dit":
         raise CheckpointError(f"quantize={quantize!r} applies to DiT checkpoints, not {path}")
+    if not (path / PARAMS_DIR / "_METADATA").is_file():
+        raise CheckpointError(
+            f"{path / PARAMS_DIR / '_METADATA'} is missing: the model directory is incomplete "
+            "or damaged; convert or export it again"
+        )
     checkpointer = ocp.StandardCheckpointer()
     params = checkpointer.restore(path / PARAMS_DIR)
     checkpointer.close()

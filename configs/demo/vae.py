@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.batch_size = 16
     c.num_steps = 5000
-    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=2, use_async=False))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=2, use_async=False, verify=True))
     c.log_every = 25
+    c.max_nonfinite_skips = 0
     return c

@@ -19,12 +19,16 @@ from tensorboardX.proto.summary_pb2 import Summary
 class MetricsWriter:
     """Writes one dict of scalars per logged step to stdout, metrics.jsonl and tb/."""
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None):
+        """resume_step: rows of later steps (logged after the checkpoint the run resumes
+        from) are dropped from metrics.jsonl, so each step appears once."""
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            drop_rows_after(workdir / "metrics.jsonl", resume_step)
         self._jsonl = open(workdir / "metrics.jsonl", "a")
         self._events = FileWriter(str(workdir / "tb"), flush_secs=10)
 
@@ -44,3 +48,23 @@ class MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._events.close()
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Rewrites a metrics.jsonl without the rows of steps after `step` (atomically)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a line torn by a kill mid-write: dropped

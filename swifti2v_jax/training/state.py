@@ -73,6 +73,27 @@ def apply_gradients(
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
 
+# Bits of the `nonfinite` step metric (guard_nonfinite): what was not finite.
+NONFINITE_LOSS, NONFINITE_GRAD_NORM, NONFINITE_PARAMS = 1, 2, 4
+
+
+def guard_nonfinite(state: TrainState, new_state: TrainState, loss, grad_norm):
+    """-> (state to continue from, int32 `nonfinite` bits). A step whose loss, gradient norm
+    or updated parameters are not all finite keeps `state`'s parameters, optimizer state and
+    EMA (only the step counter advances), so the last finite state survives the donated
+    buffers; the loop decides whether to stop or skip (training/loop.py)."""
+    params_finite = jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_state.params)])
+    )
+    code = (
+        jnp.where(jnp.isfinite(loss), 0, NONFINITE_LOSS)
+        + jnp.where(jnp.isfinite(grad_norm), 0, NONFINITE_GRAD_NORM)
+        + jnp.where(params_finite, 0, NONFINITE_PARAMS)
+    ).astype(jnp.int32)
+    kept = jax.tree.map(lambda new, old: jnp.where(code == 0, new, old), new_state, state)
+    return kept.replace(step=new_state.step), code
+
+
 def widen_patch_embedding(params, in_dim: int):
     """Extends the patch embedding to `in_dim` input channels; new weights are zero.
 

@@ -51,7 +51,8 @@ def make_train_step(
     frozen_specs=None,
     compose: Callable = identity_compose,
 ):
-    """-> jitted `step(state, batch, frozen) -> (state, {'loss', 'grad_norm'})`.
+    """-> jitted `step(state, batch, frozen) -> (state, {'loss', 'grad_norm', 'nonfinite'})`
+    (a non-finite step keeps the previous parameters: state.guard_nonfinite).
 
     `state` must be placed with `state_specs`, `frozen` (a frozen backbone, or {}) with
     `frozen_specs`, and `batch` with `sharding.batch_sharding(mesh)`. `compose(trainable,
@@ -84,7 +85,8 @@ def make_train_step(
             new_state = state_lib.apply_gradients(
                 state, grads, grad_norm, optimizer, grad_clip, ema_decay
             )
-        return new_state, {"loss": loss, "grad_norm": grad_norm}
+            new_state, nonfinite = state_lib.guard_nonfinite(state, new_state, loss, grad_norm)
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "nonfinite": nonfinite}
 
     replicated = NamedSharding(mesh, P())
     return jax.jit(

@@ -218,7 +218,8 @@ def make_train_step(
         new_state = state_lib.apply_gradients(
             state, grads, grad_norm, optimizer, grad_clip, ema, update_mask=mask
         )
-        return new_state, {"loss": total, "grad_norm": grad_norm, **values}
+        new_state, nonfinite = state_lib.guard_nonfinite(state, new_state, total, grad_norm)
+        return new_state, {"loss": total, "grad_norm": grad_norm, "nonfinite": nonfinite, **values}
 
     return jax.jit(step, donate_argnums=(0,))
 
