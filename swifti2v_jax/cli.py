@@ -185,12 +185,27 @@ def run(
         else:
             sys.exit(main(sys.argv[1:]))
     except (UserError, *user_errors) as e:
+        _exit_if_peer_died(prog, e)
         fail(prog, one_line(e), EXIT_USER)
+    except Exception as e:  # a bug keeps its traceback, unless a peer process died
+        _exit_if_peer_died(prog, e)
+        raise
     except KeyboardInterrupt as e:  # cleanup has run on the way up
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
         print(f"{prog}: interrupted by {name}", file=sys.stderr, flush=True)
         _exit_now(128 + signum)
+
+
+def _exit_if_peer_died(prog: str, error: BaseException) -> None:
+    """A collective failed because another process of the run died: one line, and no
+    teardown (JAX's distributed shutdown would wait for the dead peer)."""
+    from swifti2v_jax import launch
+
+    message = launch.peer_failure(error)
+    if message is not None:
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        _exit_now(EXIT_USER)
 
 
 def _exit_now(status: int) -> None:

@@ -5,11 +5,13 @@ them; the pieces they rely on are also tested in process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -220,3 +222,91 @@ def test_a_step_without_metadata_is_named(tmp_path):
         assert checkpointer.problem(5) == "is missing state/_METADATA (incomplete or damaged)"
     finally:
         checkpointer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# No hangs: the launcher's children die with it; a process whose peer died stops in one line
+
+PEER = str(ROOT / "tests" / "peer_check.py")
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+def test_children_die_with_a_killed_launcher(tmp_path):
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "swifti2v_jax.launch", "--processes", "2", "--", PEER],
+        cwd=ROOT, env=_env(tmp_path / "cache"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines, pids = [], []
+    try:
+        while sum(line.endswith("] ready") for line in lines) < 2:
+            line = launcher.stdout.readline()
+            assert line, "\n".join(lines)
+            lines.append(line.rstrip("\n"))
+            if line.startswith("launch: process"):
+                pids.append(int(line.split()[-1]))
+        launcher.kill()
+        launcher.wait()
+        assert len(pids) == 2 and _gone_within(pids, 30), "\n".join(lines)
+    finally:
+        launcher.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    assert not any("[Gloo]" in line for line in lines), lines  # chatter dropped
+
+
+def test_a_process_whose_peer_died_stops_with_one_line(tmp_path):
+    from swifti2v_jax import launch
+
+    port = launch.free_port()
+    procs = []
+    try:
+        for index in range(2):
+            env = launch.child_env(index, 2, port, 1, base=_env(tmp_path / "cache"))
+            del env[launch.LAUNCHER_PID]  # started by hand, as on two hosts
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, PEER],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )  # fmt: skip
+            )
+        for proc in procs:  # (Gloo's connection line comes first)
+            while (line := proc.stdout.readline()) and line.strip() != "ready":
+                pass
+            assert line, f"exited with {proc.wait()}"
+        procs[1].kill()
+        assert _gone_within([procs[0].pid], 30)
+        stderr = procs[0].stderr.read()
+        procs[0].wait()
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[0].returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip() and "[Gloo]" not in line]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    # found by the watchdog (a silent peer) or by a collective that lost its peer
+    assert lines[0].startswith("peer_check.py: error: ") and "a peer process died" in lines[0]
