@@ -92,6 +92,7 @@ def measure(name: str, state, repeats: int, scratch: Path) -> dict:
         "bytes": _nbytes(state),
         "repeats": repeats,
         "seconds": medians,
+        "all_seconds": times,
         "save_overhead_ratio": medians["save_verify"] / medians["save"],
         "restore_overhead_ratio": medians["restore_verify"] / medians["restore"],
         "check_gb_per_s": _nbytes(state) / medians["check"] / 1e9,
