@@ -33,6 +33,7 @@ from swifti2v_jax.training import (
 )
 from swifti2v_jax.training import loss as loss_lib
 from swifti2v_jax.training import state as state_lib
+from swifti2v_jax.training import step as step_lib
 from tests import tb_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -358,6 +359,56 @@ def test_lora_starts_at_the_backbone_and_merges_low_rank():
     )
     with pytest.raises(ValueError, match="match no kernel"):
         lora.init_lora(params, jax.random.PRNGKey(1), rank=2, targets="nothing/here")
+
+
+def test_one_stage1_lora_step_trains_the_adapters_on_the_frozen_backbone():
+    """configs/stage1_lora.py:tiny, one compiled step on 1 device (the loop and data files are
+    the slow test below): adapters start with lora_up = 0, so the step's loss is the frozen
+    backbone's own loss, computed here without LoRA; the step then moves every lora_up and
+    leaves the backbone as it was."""
+    config = stage1_lora.get_config("tiny")
+    config.batch_size = 2
+    config.model_overrides.num_layers = 1
+    config.optimizer.warmup_steps = 0  # a full learning rate at step 0
+    model_config = experiment.model_config(config)
+    loss_config = experiment.loss_config(config)
+    opt_config = experiment.optimizer_config(config)
+    source, info = experiment.make_source(config)
+    host_batch = next(iter(experiment.make_loader(config, source, info, config.batch_size)))
+    parameters = experiment.make_parameters(config, model_config)
+    backbone = jax.tree.map(np.array, parameters.frozen)
+    optimizer = optim.make_optimizer(opt_config, config.num_steps)
+    mesh = sharding.make_mesh(1)
+    create = lambda p: state_lib.create_state(p, optimizer, config.seed, use_ema=False)
+    abstract = jax.eval_shape(create, parameters.abstract_trainable)
+    specs = step_lib.state_specs_for(abstract, mesh, False, 2**12)
+    frozen_specs = sharding.tree_specs(parameters.frozen, mesh, False)
+    frozen = experiment.place(parameters.frozen, frozen_specs, mesh)
+    state = create(parameters.load_trainable())
+    keys = step_lib.example_keys(state, config.batch_size)
+    step = step_lib.make_train_step(
+        model_config=model_config, loss_config=loss_config, optimizer=optimizer,
+        grad_clip=opt_config.grad_clip, ema_decay=0.0, mesh=mesh, state_specs=specs,
+        frozen_specs=frozen_specs, compose=parameters.compose,
+    )  # fmt: skip
+    state, step_metrics = step(state, sharding.global_batch(host_batch, mesh), frozen)
+
+    model = dit.WanDiT(model_config)
+    apply_fn = lambda p, *args: model.apply({"params": p}, *args)
+    batch = loss_lib.with_clean_leading_frames(
+        {k: jnp.asarray(v) for k, v in host_batch.items()}, keys, loss_config
+    )
+    total = jax.jit(loss_lib.squared_error_sum, static_argnums=(0, 4))(
+        apply_fn, backbone, batch, keys, loss_config
+    )
+    expected = total / loss_lib.noisy_element_count(batch, loss_config)
+    np.testing.assert_allclose(float(step_metrics["loss"]), float(expected), rtol=1e-5)
+    assert int(state.step) == 1
+    ups = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+           if "lora_up" in jax.tree_util.keystr(path)]  # fmt: skip
+    assert len(ups) == len(lora.target_paths(backbone)) > 0
+    assert all(float(jnp.abs(up).max()) > 0 for up in ups)  # every adapter was trained
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), backbone)
 
 
 def test_fsdp_spec_rule():
