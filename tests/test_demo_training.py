@@ -60,6 +60,55 @@ def test_traced_encode_decode_equal_the_chunked_programs():
     )
 
 
+def test_vae_training_graph_is_the_inference_vae_and_decoder_phase_freezes_the_encoder():
+    """The demo VAE's training graph (unrolled encode_frames / decode_frames, what
+    vae_training's loss runs) equals the inference VAE (scanned, cached encode / decode) on
+    the architecture configs/demo/vae.py trains, at tiny widths; one decoder-only step
+    (train='decoder') leaves the encoder and quant_conv bit for bit, weight decay included,
+    and moves the decoder."""
+    import optax
+
+    from swifti2v_jax.training import state as state_lib
+    from swifti2v_jax.training import vae_training
+
+    config = vae_training.vae_config_from(_tiny_vae_config())
+    rng = np.random.default_rng(0)  # random params of the right shapes, without init's compile
+
+    def random_leaf(leaf):
+        if len(leaf.shape) == 1:  # biases and norm scales
+            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        fan_in = np.prod(leaf.shape[:-1])
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    params = jax.tree.map(random_leaf, vae.abstract_params(config))
+    video = jax.random.uniform(jax.random.PRNGKey(1), (1, 2, 8, 16, 3), minval=-1, maxval=1)
+    latents = vae.encode(params, config, video)
+    np.testing.assert_allclose(vae.encode_frames(params, config, video), latents, atol=1e-5)
+    np.testing.assert_allclose(
+        vae.decode_frames(params, config, latents), vae.decode(params, config, latents), atol=1e-5
+    )
+
+    loss_config = vae_training.VAELossConfig()
+    optimizer = optax.adamw(1e-3, weight_decay=0.1)
+    mask = vae_training.trainable_mask(params, "decoder")
+    step = vae_training.make_train_step(config, loss_config, optimizer, 1.0, 0.0, mask)
+    before = jax.tree.map(np.array, params)
+    state, step_metrics = step(state_lib.create_state(params, optimizer, 0, False), video)
+    recon = vae.decode(before, config, vae.encode(before, config, video))
+    expected = (
+        np.mean(np.abs(recon - video)) + np.mean(np.square(recon - video))
+        + loss_config.latent_weight * np.mean(np.square(latents))
+    )  # fmt: skip
+    np.testing.assert_allclose(float(step_metrics["loss"]), expected, rtol=1e-5)
+    for part in ("encoder", "quant_conv"):
+        jax.tree.map(
+            np.testing.assert_array_equal, jax.device_get(state.params[part]), before[part]
+        )
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                         state.params["decoder"], before["decoder"])  # fmt: skip
+    assert min(jax.tree.leaves(moved)) > 0
+
+
 def _tiny_vae_config():
     config = demo_vae_config.get_config()
     config.vae.update(base_dim=8, dec_dim=8, z_dim=8)
