@@ -14,6 +14,10 @@ and exits with status 128 + signal number. Flags override the matching --config 
 
 from __future__ import annotations
 
+# First, so that Ctrl-C or SIGTERM during the slow imports below stops at once (docs/faults.md).
+from swifti2v_jax import startup  # noqa: F401
+
+# isort: split
 import sys
 from pathlib import Path
 

@@ -16,6 +16,10 @@ swifti2v_jax/launch.py on one machine); docs/sharding.md ("Several processes").
 
 from __future__ import annotations
 
+# First, so that Ctrl-C or SIGTERM during the slow imports below stops at once (docs/faults.md).
+from swifti2v_jax import startup  # noqa: F401
+
+# isort: split
 import logging as std_logging
 from pathlib import Path
 

@@ -16,6 +16,10 @@ that is renamed to OUTPUT at the end.
 
 from __future__ import annotations
 
+# First, so that Ctrl-C or SIGTERM during the slow imports below stops at once (docs/faults.md).
+from swifti2v_jax import startup  # noqa: F401
+
+# isort: split
 import argparse
 import importlib
 import shutil
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 from conversion.common import DTYPES, ConversionError
+from swifti2v_jax import cli, leftovers
 from swifti2v_jax.models import quant
 
 COMPONENTS = ("dit", "vae", "t5")
@@ -55,6 +60,7 @@ def convert(
         raise ConversionError(f"--source {source} is not a directory")
     if output.exists():
         raise ConversionError(f"--output {output} already exists; remove it or pick a new path")
+    leftovers.remove_stale(output.parent, f".{output.name}.tmp-*", "conversion folder(s)", log)
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if quantize not in quant.WEIGHT_FORMATS:
@@ -73,7 +79,8 @@ def convert(
     for job in jobs:  # cheap checks of every component before any expensive work
         job.validate()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-{leftovers.tag()}-", dir=output.parent))
+    forget = cli.on_hard_exit(lambda: shutil.rmtree(tmp, ignore_errors=True))
     try:
         for job in jobs:
             start = time.perf_counter()
@@ -83,9 +90,18 @@ def convert(
                 job.convert(tmp / job.name, dtype)
             seconds = time.perf_counter() - start
             log(f"converted {job.description} -> {output / job.name} ({seconds:.1f}s)")
-        tmp.rename(output)
+        try:
+            tmp.rename(output)
+        except OSError:
+            if output.exists():  # made by someone else while this ran
+                raise ConversionError(
+                    f"--output {output} appeared while converting; nothing was written there. "
+                    "Remove it or pick a new path and convert again"
+                ) from None
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        forget()
     return [job.name for job in jobs]
 
 
@@ -121,6 +137,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from swifti2v_jax import cli
-
     cli.run(main, prog="python -m conversion", user_errors=(ConversionError,))

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from swifti2v_jax import cli, leftovers
 from swifti2v_jax.models import quant
 
 CONFIG_FILE = "config.json"
@@ -82,7 +83,9 @@ def atomic_directory(path: str | os.PathLike, error: type[Exception] = Checkpoin
     if path.exists():
         raise error(exists)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    leftovers.remove_stale(path.parent, f".{path.name}.tmp-*", "temporary folder(s)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{leftovers.tag()}-", dir=path.parent))
+    forget = cli.on_hard_exit(lambda: shutil.rmtree(tmp, ignore_errors=True))
     try:
         yield tmp / path.name
         try:
@@ -93,6 +96,7 @@ def atomic_directory(path: str | os.PathLike, error: type[Exception] = Checkpoin
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        forget()
 
 
 def save(path: str | os.PathLike, kind: str, config: dict, params, **metadata) -> Path:

@@ -12,6 +12,11 @@ prepare/rollout, benchmarks).
   `finally`/`except BaseException` cleanup runs (the mp4 writer deletes its temporary file);
   then one line and exit status 128 + signal number (without interpreter teardown, see
   `_exit_now`). A second signal during cleanup is ignored.
+- Python runs signal handlers only between bytecodes of the main thread: one stuck in a long
+  C call (an XLA compile) would not see the signal for minutes. A watchdog thread woken by
+  the signal (`signal.set_wakeup_fd`) ends such a process after `HARD_EXIT_SECONDS`: it runs
+  the callbacks registered with `on_hard_exit` (temporary outputs), prints the same line and
+  exits with the same status. Before `run` (imports), swifti2v_jax/startup.py exits at once.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 
 EXIT_USER = 1  # a user-fixable problem found while running
 EXIT_USAGE = 2  # bad command line or config file (argparse's status)
+HARD_EXIT_SECONDS = 1.5  # a signal the main thread has not acted on by then: exit anyway
 _HELP = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
@@ -50,6 +56,10 @@ class Interrupted(KeyboardInterrupt):
 
 _deferring = 0  # > 0 inside `signals_deferred()`
 _pending: int | None = None  # a signal that arrived meanwhile
+_acted_on = threading.Event()  # the main thread raised `Interrupted`: its cleanup is running
+_emergency: dict[object, Callable[[], None]] = {}
+_prog = "python"
+_watching = False
 
 
 def _on_signal(signum, frame):
@@ -62,7 +72,36 @@ def _on_signal(signum, frame):
         return
     for s in (signal.SIGTERM, signal.SIGINT):  # cleanup must not be interrupted again
         signal.signal(s, signal.SIG_IGN)
+    _acted_on.set()
     raise Interrupted(signum)
+
+
+def on_hard_exit(callback: Callable[[], None]) -> Callable[[], None]:
+    """Registers `callback` (e.g. deleting a temporary file) to run before a hard exit on a
+    signal (see above); -> a function that unregisters it. The normal path cleans up itself."""
+    key = object()
+    _emergency[key] = callback
+    return lambda: _emergency.pop(key, None)
+
+
+def _watch_signals(read_fd: int) -> None:
+    """Wakes when a signal arrives, even while the main thread is stuck in C code."""
+    while True:
+        data = os.read(read_fd, 1)
+        if not data:
+            return
+        signum = data[0]
+        if signum not in (signal.SIGINT, signal.SIGTERM):
+            continue
+        if signal.getsignal(signum) not in (_on_signal, signal.SIG_IGN):
+            continue  # handled elsewhere (training's SIGTERM saves a checkpoint, slowly)
+        if _acted_on.wait(HARD_EXIT_SECONDS) or _deferring:
+            continue  # the main thread got it; its cleanup may take its time
+        for callback in list(_emergency.values()):
+            with contextlib.suppress(Exception):
+                callback()
+        print(f"{_prog}: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        _exit_now(128 + signum)
 
 
 def _in_finaliser(frame) -> bool:
@@ -90,9 +129,17 @@ def signals_deferred() -> Iterator[None]:
             _on_signal(signum, None)
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers(prog: str | None = None) -> None:
+    global _prog, _watching
+    _prog = prog or _prog
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if not _watching:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=_watch_signals, args=(read_fd,), daemon=True).start()
+        _watching = True
 
 
 def one_line(error: BaseException) -> str:
@@ -176,7 +223,7 @@ def run(
 ) -> None:
     """Runs `main` as a program and exits: `main(argv)` after absl flag parsing (absl_flags),
     else `main(sys.argv[1:])`; its return value is the exit status."""
-    install_signal_handlers()
+    install_signal_handlers(prog)
     try:
         if absl_flags:
             from absl import app

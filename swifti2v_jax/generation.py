@@ -147,6 +147,7 @@ def prepare(config) -> Prepared:
 
     # 1. Inputs that need no model: output paths, resolution format, the image.
     output = video_io.check_output_path(config.output)
+    video_io.remove_stale_partials(output, log)
     summary_path = _check_summary_path(config.summary) if config.summary else None
     resolution = str(config.resolution).strip().lower()
     try:

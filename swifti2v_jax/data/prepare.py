@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swifti2v_jax import leftovers
 from swifti2v_jax.csg import degradation
 from swifti2v_jax.data import records, shards, videos
 from swifti2v_jax.data.encoders import Encoders, build_encoders
@@ -304,7 +305,8 @@ def write_dataset(
     start = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
+    leftovers.remove_stale(out_dir, ".prepare-*", "data preparation folder(s)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".prepare-{leftovers.tag()}-", dir=out_dir))
     try:
         shard_files, writer, in_shard, shape, text_dim = [], None, 0, None, None
         for _, record in named_records:

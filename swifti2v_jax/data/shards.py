@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from swifti2v_jax import leftovers
 from swifti2v_jax.data import records
 
 JOB_FILE = "prepare_job.json"
@@ -84,7 +85,8 @@ def write_shard(out_dir, shard: int, total: int, named_records: Iterable, note: 
 
     out_dir = Path(out_dir)
     final = out_dir / shard_name(shard, total)
-    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
+    leftovers.remove_stale(out_dir, f".{final.name}.tmp-*", "shard file(s)")
+    tmp = out_dir / f".{final.name}.tmp-{leftovers.tag()}"
     writer, written, shape, text_dim = None, 0, None, None
     try:
         for _, record in named_records:

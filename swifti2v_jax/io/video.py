@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swifti2v_jax import cli
+from swifti2v_jax import cli, leftovers
 
 VIDEO_SUFFIXES = (".mp4",)
 
@@ -32,6 +32,14 @@ def ffmpeg_subprocess() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
         yield
+
+
+PARTIAL_SUFFIX = ".partial.mp4"  # the writer's temporary file: .NAME.<tag>.XXXX.partial.mp4
+
+
+def remove_stale_partials(path: Path, log=None) -> None:
+    """Deletes the temporary files of earlier runs for `path` that were killed (leftovers.py)."""
+    leftovers.remove_stale(path.parent, f".{path.name}.*{PARTIAL_SUFFIX}", "partial video(s)", log)
 
 
 class VideoError(ValueError):
@@ -97,6 +105,7 @@ class VideoWriter:
         self.quality = quality
         self.frames_written = 0
         self._tmp: Path | None = None  # created with the first frame
+        self._forget_tmp = lambda: None
         self._writer = None
         self._open = True
 
@@ -108,10 +117,13 @@ class VideoWriter:
         import imageio_ffmpeg
 
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".partial.mp4", dir=self.path.parent
+            prefix=f".{self.path.name}.{leftovers.tag()}.",
+            suffix=PARTIAL_SUFFIX,
+            dir=self.path.parent,
         )
         os.close(fd)
         self._tmp = Path(tmp)
+        self._forget_tmp = cli.on_hard_exit(lambda: Path(tmp).unlink(missing_ok=True))
         try:
             self._writer = imageio_ffmpeg.write_frames(
                 str(self._tmp),
@@ -162,6 +174,7 @@ class VideoWriter:
                 self._writer.close()  # waits for ffmpeg to finish the file
                 os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it 0600
                 os.replace(self._tmp, self.path)
+                self._forget_tmp()
         except BaseException:
             self._discard()
             raise
@@ -181,6 +194,7 @@ class VideoWriter:
             pass
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+            self._forget_tmp()
 
     def __enter__(self) -> VideoWriter:
         return self
