@@ -80,18 +80,28 @@ def app(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=shutil.which("chromium"), args=["--no-sandbox"]
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(app[0])
-        page.wait_for_selector("#generate")
-        yield page
+        yield browser
         browser.close()
+
+
+def _open(browser, url: str):
+    """The app in a new browser context (a session of its own)."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    return _open(browser, app[0])
 
 
 def _status(page) -> str:
@@ -122,10 +132,13 @@ def _record_changes(page) -> None:
     """From now on, every distinct status text and preview image the page shows."""
     page.evaluate(
         """() => {
-        window.statuses = []; window.previews = [];
+        window.statuses = []; window.times = []; window.previews = [];
         const record = () => {
             const status = document.querySelector('#status').innerText;
-            if (window.statuses.at(-1) !== status) window.statuses.push(status);
+            if (window.statuses.at(-1) !== status) {
+                window.statuses.push(status);
+                window.times.push(Date.now());
+            }
             const img = document.querySelector('#preview img');
             if (img && img.src && window.previews.at(-1) !== img.src) window.previews.push(img.src);
         };
@@ -217,3 +230,43 @@ def test_cancel_mid_stage2_leaves_no_file_then_generate_works(page, app, tmp_pat
     _wait_status(page, "Done in")
     after = _files(output_dir)
     assert len(after) == len(before) + 1 and all(n.endswith(".mp4") for n in after)
+
+
+def _first_time(page, prefix: str) -> float:
+    """When this page first showed a status starting with `prefix` (ms since the epoch)."""
+    return page.evaluate(
+        "prefix => window.times[window.statuses.findIndex(s => s.startsWith(prefix))]", prefix
+    )
+
+
+def _wait_queued(page) -> None:
+    """Until gradio's overlay shows this page's place in the queue ('queue: 2/2')."""
+    page.wait_for_function(
+        "() => window.statuses.some(s => /queue: \\d+\\/\\d+/.test(s))", timeout=RUN_TIMEOUT_MS
+    )
+
+
+def test_pages_wait_in_the_queue_with_their_place_shown(page, app, browser):
+    other = _open(browser, app[0])
+    _set_frames(page, 33)
+    _set_frames(other, 33)
+    _click(page, "generate")
+    _wait_status(page, "Stage II: segment 1 of")
+    _click(other, "generate")
+    _wait_queued(other)
+    _wait_status(page, "Done in")
+    first_done = _first_time(page, "Done in")
+    _wait_status(other, "Stage II: segment 1 of")
+    # One run at a time: the second page's run started after the first one ended.
+    assert _first_time(other, "Checking the inputs") >= first_done
+
+    # A request waiting in the queue is dropped by Cancel; the running one goes on.
+    _click(page, "generate")
+    _wait_queued(page)
+    page.click("#cancel")
+    _wait_status(other, "Done in")
+    page.wait_for_function(
+        "() => window.statuses.includes('Cancelled before it started.')", timeout=RUN_TIMEOUT_MS
+    )
+    assert "Cancelling the queued run." in page.evaluate("window.statuses")
+    other.context.close()

@@ -100,6 +100,9 @@ class Engine:
         self._running: Job | None = None
         self._one_at_a_time = threading.Lock()
         self._names = itertools.count(1)
+        self._books = threading.Lock()  # guards the two counts below
+        self._waiting: dict[str, int] = {}  # session -> its requests waiting in the queue
+        self._dropped: dict[str, int] = {}  # session -> how many of those were cancelled
 
     def config(self, settings: dict[str, Any]):
         """The sample config of a request (preset, then the fixed fields, then `settings`)."""
@@ -115,6 +118,26 @@ class Engine:
         name = f"swifti2v-{stamp}-{next(self._names)}.mp4"
         generation.override(config, {"output": str(self.output_dir / name), "summary": ""})
         return generation.prepare(config)
+
+    def queued(self, session: str) -> None:
+        """A request of `session` entered the queue (the page's click)."""
+        with self._books:
+            self._waiting[session] = self._waiting.get(session, 0) + 1
+
+    def dequeued(self, session: str) -> bool:
+        """A request of `session` leaves the queue -> False if it was cancelled meanwhile."""
+        with self._books:
+            self._waiting[session] = max(0, self._waiting.get(session, 0) - 1)
+            if self._dropped.get(session, 0) > 0:
+                self._dropped[session] -= 1
+                return False
+            return True
+
+    def drop_waiting(self, session: str) -> int:
+        """Cancels every request of `session` still waiting in the queue -> how many."""
+        with self._books:
+            self._dropped[session] = self._waiting.get(session, 0)
+            return self._dropped[session]
 
     def start(self, prepared: generation.Prepared, session: str = "") -> Job:
         """Starts the run in a worker thread once the previous one has ended."""

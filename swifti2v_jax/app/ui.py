@@ -139,7 +139,14 @@ def build(engine: Engine) -> gr.Blocks:
         }  # fmt: skip
         by_field = {field: component for component, field in fields.items()}
 
+        def enqueue(request: gr.Request):
+            engine.queued(request.session_hash or "")
+
         def run(values: dict, request: gr.Request):
+            session = request.session_hash or ""
+            if not engine.dequeued(session):
+                yield {status: "Cancelled before it started."}
+                return
             yield {
                 status: "Checking the inputs...",
                 preview: None,
@@ -156,7 +163,7 @@ def build(engine: Engine) -> gr.Blocks:
                     message = message.replace(str(upload), Path(upload).name)
                 yield {status: f"**Error:** {message}"}
                 return
-            job = engine.start(prepared, request.session_hash or "")
+            job = engine.start(prepared, session)
             try:
                 yield from follow(job)
             finally:
@@ -191,25 +198,22 @@ def build(engine: Engine) -> gr.Blocks:
                     yield update
 
         def stop(request: gr.Request):
-            """Stops this page's run (waiting until its file is gone) or its queued request."""
-            job = engine.cancel(request.session_hash or "")
-            if job is None:
-                return "Cancelled."
-            if isinstance(job.outcome, Stopped):
-                return view.cancelled_line(job.outcome.elapsed)
-            return gr.skip()  # it ended first; its own update says how
+            """Stops this page's run (its own last update says so) or its queued requests."""
+            session = request.session_hash or ""
+            if engine.cancel(session) is not None:
+                return gr.skip()
+            return "Cancelling the queued run." if engine.drop_waiting(session) else gr.skip()
 
         preset.change(
             lambda name: [preset_values(engine, name)[f] for f in PRESET_FIELDS],
             preset, [by_field[f] for f in PRESET_FIELDS],
         )  # fmt: skip
-        running = generate.click(
+        # Not gradio's `cancels=`: a cancelled event shows "Error" on its outputs. The engine
+        # stops the run (its generator then says "Cancelled") or drops the queued request.
+        generate.click(enqueue, None, None, queue=False, show_progress="hidden").then(
             run, set(fields), [status, preview, video, download, summary],
             concurrency_limit=1, concurrency_id="generate", show_progress="full",
             show_progress_on=[status],
         )  # fmt: skip
-        cancel.click(
-            stop, None, status, cancels=[running], concurrency_limit=None,
-            show_progress="hidden",
-        )  # fmt: skip
+        cancel.click(stop, None, status, queue=False, show_progress="hidden")
     return page
