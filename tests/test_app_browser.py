@@ -23,26 +23,20 @@ import pytest
 from PIL import Image
 
 from swifti2v_jax.io.video import read_video
+from tests.browser_check import missing_for_browser_test
 
 START_TIMEOUT = 300  # seconds: hang guards, not performance checks
 RUN_TIMEOUT_MS = 300_000
 
 
-def _missing() -> str | None:
-    try:
-        import gradio  # noqa: F401
-        import playwright.sync_api  # noqa: F401
-    except ImportError as e:
-        return f'{e.name} is not installed (pip install -e ".[app]")'
-    if shutil.which("chromium") is None:
-        return "no chromium on PATH (Debian: apt-get install chromium)"
-    return None
-
-
-_MISSING = _missing()
-if _MISSING and os.environ.get("CI") == "true":
-    pytest.fail(f"browser test: {_MISSING}", pytrace=False)
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"browser test: {_MISSING}")
+@pytest.fixture(scope="module", autouse=True)
+def _browser_available():
+    """Skips this module without gradio, playwright or chromium; in CI (CI=true) fails it."""
+    missing = missing_for_browser_test()
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(f"browser test: {missing}", pytrace=False)
+    if missing:
+        pytest.skip(f"browser test: {missing}")
 
 
 def _free_port() -> int:
