@@ -47,7 +47,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """The app's URL and output directory; stopped (SIGTERM) at the end."""
+    """(URL, output directory, process) of the app; stopped (SIGTERM) at the end unless the
+    last test stopped it."""
     workspace = tmp_path_factory.mktemp("app")
     output_dir = workspace / "videos"
     port = _free_port()
@@ -67,9 +68,10 @@ def app(tmp_path_factory):
         except OSError:
             assert time.monotonic() < deadline, "the app did not start serving"
             time.sleep(0.5)
-    yield url, output_dir
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    yield url, output_dir, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
     log.close()
 
 
@@ -174,7 +176,7 @@ def test_text_file_upload_shows_the_error(page, tmp_path):
 def test_generate_streams_then_gives_the_video_and_a_second_run_compiles_nothing(
     page, app, tmp_path
 ):
-    _, output_dir = app
+    _, output_dir, _ = app
     image = tmp_path / "input.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (96, 160, 3), np.uint8)).save(image)
@@ -208,7 +210,7 @@ def test_generate_streams_then_gives_the_video_and_a_second_run_compiles_nothing
 
 
 def test_cancel_mid_stage2_leaves_no_file_then_generate_works(page, app, tmp_path):
-    _, output_dir = app
+    _, output_dir, _ = app
     before = _files(output_dir)
     _set_frames(page, 33)
     _click(page, "generate")
@@ -264,3 +266,15 @@ def test_pages_wait_in_the_queue_with_their_place_shown(page, app, browser):
     )
     assert "Cancelling the queued run." in page.evaluate("window.statuses")
     other.context.close()
+
+
+def test_sigterm_mid_run_deletes_the_unfinished_file_and_exits_143(page, app):
+    _, output_dir, proc = app  # the last test: it stops the app
+    before = _files(output_dir)
+    _set_frames(page, 33)
+    _click(page, "generate")
+    _wait_status(page, "Stage II: segment 2 of")
+    assert any(n.endswith(".partial.mp4") for n in _files(output_dir))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=START_TIMEOUT) == 128 + signal.SIGTERM
+    assert _files(output_dir) == before

@@ -3,13 +3,20 @@
 Serves the image-to-video page on http://H:N (127.0.0.1:7860 by default: this machine only;
 see docs/app.md for a remote machine). --share also asks gradio for a public link (off by
 default). The checkpoint flags are sample.py's; finished videos are kept in --output_dir.
+Ctrl-C or SIGTERM cancels a run in progress (its unfinished file is deleted) and exits with
+128 + the signal number, like sample.py.
 """
 
 from __future__ import annotations
 
+# First, so that Ctrl-C or SIGTERM during the slow imports below stops at once (docs/faults.md).
+from swifti2v_jax import startup  # noqa: F401
+
+# isort: split
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from swifti2v_jax import cli, generation
@@ -39,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if not 0 < args.port < 65536:
         raise cli.UserError(f"--port must be in 1..65535, got {args.port}")
@@ -57,18 +64,21 @@ def main(argv: list[str]) -> int:
     page = build(engine)
     page.queue(default_concurrency_limit=1)
     print(f"swifti2v app: videos go to {output_dir}", file=sys.stderr, flush=True)
+    page.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        allowed_paths=[str(output_dir)],
+        show_error=False,
+        theme=gradio.themes.Default(),
+        prevent_thread_lock=True,
+    )
     try:
-        page.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            allowed_paths=[str(output_dir)],
-            show_error=False,
-            theme=gradio.themes.Default(),
-        )
+        while True:  # serving, until Ctrl-C or SIGTERM (cli.run: one line, 128 + signal)
+            time.sleep(1.0)
     finally:
         engine.shutdown()  # a run cut short leaves no unfinished file
-    return 0
+        page.close()
 
 
 if __name__ == "__main__":
