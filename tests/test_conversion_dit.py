@@ -152,10 +152,3 @@ def test_lora_with_unknown_target_is_refused(tmp_path, tiny):
         dit_conversion.load_lora_deltas(
             tmp_path / "bad.safetensors", 1.0, dit_conversion.expected_shapes(config)
         )
-
-
-def test_name_mapping_round_trips(tiny):
-    config, tensors = tiny
-    for name in dit_conversion.expected_shapes(config):
-        diffusers_name = dit_conversion.original_to_diffusers(name)
-        assert dit_conversion.diffusers_to_original(diffusers_name) == name
