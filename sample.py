@@ -50,6 +50,7 @@ flags.DEFINE_string("image", None, "Input image (default: the bundled example im
 flags.DEFINE_string("prompt", None, "Text prompt (default: the example prompt).")
 flags.DEFINE_string("negative_prompt", None, "Negative prompt ('' = Wan2.2's default).")
 flags.DEFINE_string("output", None, "Output .mp4 path.")
+flags.DEFINE_bool("no-overwrite", False, "Refuse to replace an existing --output.")
 flags.DEFINE_integer("seed", None, "Random seed.")
 flags.DEFINE_integer("frames", None, "Number of frames, k x the VAE stride + 1 (e.g. 81).")
 flags.DEFINE_string("resolution", None, "Output WIDTHxHEIGHT (multiples of 32) or 'auto'.")
@@ -82,11 +83,13 @@ UsageError = cli.UserError  # ends the run with a one-line message (no traceback
 
 def apply_flag_overrides(config) -> None:
     override(config, {field: getattr(FLAGS, flag) for flag, field in _OVERRIDES.items()})
+    if FLAGS["no-overwrite"].value:
+        override(config, {"overwrite": False})
 
 
 def main(argv) -> int:
     if len(argv) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keeps Orbax's per-restore INFO lines out
     config = cli.config_value(_CONFIG, "sample.py")
     apply_flag_overrides(config)

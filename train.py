@@ -140,7 +140,7 @@ class _QuietOrbax(std_logging.Filter):
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
     config = cli.config_value(_CONFIG, "train.py")
     workdir = Path(_WORKDIR.value)

@@ -41,6 +41,14 @@ _HELP = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 class UserError(Exception):
     """Ends the run with a one-line message (no traceback)."""
 
+    status = EXIT_USER
+
+
+class UsageError(UserError):
+    """A bad command line (e.g. a stray positional argument): exit status 2, as argparse."""
+
+    status = EXIT_USAGE
+
 
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived; raised in the main thread by `install_signal_handlers`."""
@@ -233,7 +241,7 @@ def run(
             sys.exit(main(sys.argv[1:]))
     except (UserError, *user_errors) as e:
         _exit_if_peer_died(prog, e)
-        fail(prog, one_line(e), EXIT_USER)
+        fail(prog, one_line(e), getattr(e, "status", EXIT_USER))
     except Exception as e:  # a bug keeps its traceback, unless a peer process died
         _exit_if_peer_died(prog, e)
         raise

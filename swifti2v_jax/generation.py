@@ -64,6 +64,20 @@ def override(config, values: dict[str, Any]) -> None:
             node[leaf] = value
 
 
+def _note_long_prompt(prompt: str, tokenizer_dir, text_len: int) -> None:
+    """A prompt longer than the text encoder's input is cut there: say so, with the count."""
+    from swifti2v_jax import text
+
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        return  # reported by the model checks
+    count = text.Tokenizer(tokenizer_dir, text_len=text_len).count(prompt)
+    if count > text_len:
+        log(
+            f"prompt: {count} tokens, longer than the {text_len} the text encoder takes; the "
+            f"last {count - text_len} are dropped"
+        )
+
+
 def _check_summary_path(path: str) -> Path:
     summary = Path(path).expanduser().absolute()
     if summary.is_dir():
@@ -81,6 +95,9 @@ def _write_json_atomically(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")
+        from swifti2v_jax.io.video import umask
+
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp made it 0600; a plain new file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -148,6 +165,13 @@ def prepare(config) -> Prepared:
     # 1. Inputs that need no model: output paths, resolution format, the image.
     output = video_io.check_output_path(config.output)
     video_io.remove_stale_partials(output, log)
+    if output.exists():
+        if not config.get("overwrite", True):
+            raise UsageError(f"--output {output} exists and --no-overwrite was given")
+        log(f"--output {output} exists: it is replaced once the new video is complete")
+    seed = int(config.seed)
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
     summary_path = _check_summary_path(config.summary) if config.summary else None
     resolution = str(config.resolution).strip().lower()
     try:
@@ -159,9 +183,9 @@ def prepare(config) -> Prepared:
     if note:
         log(f"image: {note}")
     image_name = f"image {image_path}"
-    prompt = config.prompt or demo.EXAMPLE_PROMPT
+    prompt = config.prompt if config.prompt is not None else demo.EXAMPLE_PROMPT
     if not prompt.strip():
-        raise UsageError("--prompt is empty")
+        raise UsageError("--prompt is empty; give a prompt, or leave --prompt out for the example")
 
     # 2. Checkpoints: config files only (no weights yet), then sizes and the frame count
     #    against the models (the VAE's temporal stride).
@@ -173,6 +197,7 @@ def prepare(config) -> Prepared:
         )
     paths = pipeline_lib.resolve_model_paths(checkpoints, pipeline_config.stage1.backbone)
     pipeline = pipeline_lib.SwiftI2VPipeline(pipeline_config, paths)
+    _note_long_prompt(prompt, paths.tokenizer, pipeline_config.text_len)
     if size is None:
         size = pipeline_lib.auto_resolution(
             pipeline.specs, pipeline_config, image.size, int(config.max_area)

@@ -105,6 +105,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def count(self, text: str) -> int:
+        """Tokens `text` takes with its `</s>` (before the cut at text_len)."""
+        text = clean_prompt(text) if self.clean else text
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids) + 1
+
     def __call__(
         self, texts: str | Sequence[str], max_length: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

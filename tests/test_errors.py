@@ -115,8 +115,24 @@ def _bad_cases(space: Path) -> dict[str, tuple[list[str], int, str]]:
     (inputs / "a_file").write_text("")
     broken = _corrupt_checkpoints(inputs)
     video = out / "video.mp4"
+    existing = inputs / "existing.mp4"
+    existing.write_bytes(b"an earlier video")
     stage2 = "--config=configs/stage2.py:tiny"
     return {
+        # docs/faults.md: refused before any model loads
+        "sample_seed_out_of_range": (
+            _sample("--seed", 2**64, "--output", video),
+            1,
+            "--seed must be between 0 and 2**63 - 1",
+        ),
+        "sample_empty_prompt": (_sample("--prompt", "", "--output", video), 1, "--prompt is empty"),
+        "sample_no_overwrite": (
+            _sample("--no-overwrite", "--output", existing),
+            1,
+            "exists and --no-overwrite was given",
+        ),
+        "sample_stray_argument": (_sample("stray", "--output", video), 2, "unexpected arguments"),
+        "sample_frames_1": (_sample("--frames", 1, "--output", video), 1, "at least 2, got 1"),
         "sample_unknown_field": (_sample("--config.nope=1"), 2, "unknown config field 'nope'"),
         "sample_missing_config": (
             _sample(f"--config={inputs / 'none.py'}"),
@@ -184,6 +200,11 @@ def bad_runs(space):
 @pytest.mark.parametrize(
     "case",
     [
+        "sample_seed_out_of_range",
+        "sample_empty_prompt",
+        "sample_no_overwrite",
+        "sample_stray_argument",
+        "sample_frames_1",
         "sample_unknown_field",
         "sample_missing_config",
         "sample_bad_preset",
@@ -224,20 +245,31 @@ def test_sample_output_mode_notice_and_plain_stderr(space):
     output.write_bytes(b"old")
     output.chmod(0o600)
     Image.new("RGB", (512, 512), (40, 120, 200)).save(space / "inputs" / "square.png")
+    env = _env(space)
+    del env["JAX_PLATFORMS"]  # as a user runs it: no libtpu lines without a TPU (startup.py)
+    long_prompt = "a cat " * 400
+    summary = out / "summary.json"
     result = subprocess.run(
-        _sample("--image", space / "inputs" / "square.png", "--output", output),
+        _sample(
+            "--image", space / "inputs" / "square.png", "--output", output,
+            "--prompt", long_prompt, "--summary", summary,
+        ),
         capture_output=True,
         text=True,
-        env=_env(space),
+        env=env,
         timeout=TIMEOUT,
         umask=0o022,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "libtpu" not in result.stderr and "TPU" not in result.stderr, result.stderr[-3000:]
+    assert f"--output {output} exists: it is replaced" in result.stderr
+    assert "prompt: 2001 tokens, longer than the 64 the text encoder takes" in result.stderr
     assert output.stat().st_mode & 0o777 == 0o644
+    assert summary.stat().st_mode & 0o777 == 0o644
     assert read_video(output)[0].shape == (17, 64, 128, 3)
     assert "image: 512x512 downscaled to 128x128 and centre-cropped to 128x64" in result.stderr
     assert "\r" not in result.stderr and "\x1b" not in result.stderr  # not a terminal
-    assert [p.name for p in out.iterdir()] == ["video.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "video.mp4"]
 
 
 # --------------------------------------------------------------------------------------------

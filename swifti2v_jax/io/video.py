@@ -172,7 +172,7 @@ class VideoWriter:
                 raise VideoError("no frames were written")
             with cli.signals_deferred():
                 self._writer.close()  # waits for ffmpeg to finish the file
-                os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it 0600
+                os.chmod(self._tmp, 0o666 & ~umask())  # mkstemp made it 0600
                 os.replace(self._tmp, self.path)
                 self._forget_tmp()
         except BaseException:
@@ -206,7 +206,7 @@ class VideoWriter:
             self.close()
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0o022)  # reading it means setting it; put it straight back
     os.umask(mask)
     return mask

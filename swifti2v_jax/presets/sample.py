@@ -25,6 +25,7 @@ know is an error, never silently ignored.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from swifti2v_jax.presets import dispatch
 from swifti2v_jax.presets.dit import DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
@@ -34,7 +35,8 @@ def _base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = "demo"
     c.image = ""  # '' = the bundled example image
-    c.prompt = ""  # '' = the example prompt
+    c.prompt = config_dict.placeholder(str)  # None = the example prompt ('' is refused)
+    c.overwrite = True  # an existing --output is replaced (with a notice); False refuses
     c.negative_prompt = ""  # '' = Wan2.2's default negative prompt (when CFG is on)
     c.output = "swifti2v.mp4"
     c.summary = ""  # JSON summary path ('' = none)

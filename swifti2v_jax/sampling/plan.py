@@ -54,6 +54,8 @@ def plan_sizes(
     step = vae_lib.temporal_factor(specs.vae)
     if isinstance(frames, bool) or not isinstance(frames, int | np.integer):
         raise PipelineError(f"frames must be an integer, got {frames!r}")
+    if step == 1 and frames < 2:
+        raise PipelineError(f"frames must be at least 2, got {frames}")
     if frames < step + 1 or (frames - 1) % step:
         raise PipelineError(
             f"frames must be {step}k+1 with k >= 1 for the VAE's temporal stride {step} "
