@@ -213,6 +213,7 @@ def test_vae_pool_adds_training_photographs_after_the_procedural_clips():
     np.testing.assert_array_equal(high[1], procedural.to_uint8(hi))
 
 
+@pytest.mark.smoke
 def test_train_py_exports_the_ema_model(tmp_path):
     from train import train
 

@@ -75,6 +75,7 @@ def default_run(tmp_path_factory):
     return workdir / "swifti2v.mp4", proc.stderr
 
 
+@pytest.mark.smoke
 def test_default_sample_uses_the_trained_models_and_follows_the_image(default_run):
     output, stderr = default_run
     assert "bundled demo models" in stderr and "RANDOM" not in stderr

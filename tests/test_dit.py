@@ -68,6 +68,7 @@ def ti2v_model():
 _DictSource = common.DictSource
 
 
+@pytest.mark.smoke
 def test_parity_scalar_timesteps(ti2v_model):
     config, model, params = ti2v_model
     latents, context = _inputs(config)
@@ -104,6 +105,7 @@ def test_parity_i2v_36_channels():
     _assert_close(ours, ref)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("layout", ["original", "diffusers"])
 def test_parity_through_converter_on_disk(tmp_path, ti2v_model, layout):
     """Write a checkpoint as a release would, convert it with the CLI driver, load, compare."""
