@@ -132,10 +132,18 @@ class TorchTwin:
         return self._build(lambda: WanTransformer3DModel(**kwargs), renamed)
 
     def _official(self, state: dict, code: Path):
+        import torch
+
         model_module, attention_module = _import_official(code)
         if not (attention_module.FLASH_ATTN_2_AVAILABLE or attention_module.FLASH_ATTN_3_AVAILABLE):
-            # Their `attention` falls back to torch SDPA; `flash_attention` would assert.
-            model_module.flash_attention = attention_module.attention
+            # Their `attention` falls back to torch SDPA (`flash_attention` would assert): in bf16
+            # on CUDA and the output in the query's dtype, as their flash_attention; in the
+            # query's dtype on a CPU (the fp32 dry run).
+            def sdpa(q, k, v, **kwargs):
+                dtype = torch.bfloat16 if q.is_cuda else q.dtype
+                return attention_module.attention(q, k, v, dtype=dtype, **kwargs).to(q.dtype)
+
+            model_module.flash_attention = sdpa
             self.attention = "sdpa (official attention() fallback, no flash-attn)"
         else:
             self.attention = "flash-attn (official flash_attention)"

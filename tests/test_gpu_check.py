@@ -147,3 +147,24 @@ def test_refuses_cpu_without_dry_run_and_bad_arguments(tmp_path):
     ]:
         done = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+
+
+OFFICIAL = ROOT / ".official" / "Wan2.2"
+
+
+@pytest.mark.skipif(not (OFFICIAL / "wan").is_dir(), reason="no Wan2.2 clone in .official/")
+def test_official_wan22_model_matches_on_the_same_weights():
+    """With a clone of the official code (benchmarks/gpu_check.sh --wan-code puts it there):
+    its WanModel on the weights handed over by torch_state_dict equals our forward (fp32 CPU,
+    SDPA in place of flash-attn). Measured here: relative difference 1.0e-6."""
+    pytest.importorskip("diffusers")
+    config = gpu_check.dit_config(True)
+    params = pipeline_check.random_tree(abstract_params(config))
+    run = pipeline_check.prepare(config, dry_run=True)
+    program = gpu_check.forward_programs(run)["window"]
+    inputs = common.concrete_inputs(program)
+    ours = np.asarray(common.forward_fn(config)(params, *inputs))
+    twin = torch_check.TorchTwin(config, params, "cpu", OFFICIAL)
+    assert twin.implementation.startswith("official Wan2.2")
+    reference = twin.forward(program, inputs)().numpy()
+    assert gpu_check.compare(ours, reference)["relative"] < 1e-4
