@@ -43,7 +43,7 @@ def test_dry_run_reaches_every_section_and_prints_them(dry_run):
     for name in gpu_check.SECTIONS:
         assert report.get(name) is not None, name
         assert f"## {gpu_check.TITLES[name]}" in stdout  # the headings real mode prints
-    assert (out / "results.md").read_text().strip() == stdout.strip()
+    assert (out / "results.md").read_text().strip() in stdout
     assert report["device"]["jax_version"] == jax.__version__
 
 
