@@ -2,7 +2,7 @@
 weights at the real shapes (TI2V-5B in both stages, the Wan2.2 VAE, umT5-XXL with the bundled
 demo tokenizer), one clip of the bundled example image, `sampling/orchestrator.run` exactly as
 sample.py runs it. Reports seconds per stage with the compile seconds inside each stage apart
-(jax.monitoring's compile events, attributed to the stage whose clock is open), compilations,
+(sampling/clock.py CompileMeter: compile events by the stage whose clock is open), compilations,
 peak device memory and the DiT FLOPs of the run (Stage I and Stage II forwards x the analytic
 FLOPs of one forward).
 """
@@ -27,7 +27,7 @@ from swifti2v_jax.presets import sample as sample_presets
 from swifti2v_jax.presets import t5 as t5_presets
 from swifti2v_jax.presets import vae as vae_presets
 from swifti2v_jax.sampling import orchestrator
-from swifti2v_jax.sampling.clock import StageClock
+from swifti2v_jax.sampling.clock import CompileMeter, StageClock
 from swifti2v_jax.sampling.config import pipeline_config
 from swifti2v_jax.sampling.models import ModelSpecs
 from swifti2v_jax.sampling.plan import plan_sizes
@@ -35,42 +35,11 @@ from swifti2v_jax.sampling.residency import ResidentModels
 from swifti2v_jax.text import PromptEncoder, Tokenizer
 
 PRESET = "swifti2v_2k_ti2v"
-# jax.monitoring duration events of one compilation (tracing, lowering, XLA compile).
-COMPILE_EVENTS = (
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
-BACKEND_COMPILE = COMPILE_EVENTS[-1]
 # The dry run: the same preset on the demo's architectures (a DiT of presets/dit.py
 # demo_stage1 comes from gpu_check.py, the demo VAE, the tiny umT5) and a tiny clip with 2 steps
 # per stage: its VAE programs compile in seconds on a CPU (the 48-channel test VAE takes
 # minutes on 2 shared cores).
 DRY_RUN = dict(dit="demo_stage1", resolution="64x32", frames=9, vae="demo", t5="tiny", steps=2)
-
-
-class CompileMeter:
-    """Compile seconds and backend compilations while active, per open stage of `clock`."""
-
-    def __init__(self, clock: StageClock):
-        self.clock = clock
-        self.seconds: dict[str, float] = {}
-        self.compilations: dict[str, int] = {}
-
-    def _listen(self, event: str, duration: float, **_) -> None:
-        if event not in COMPILE_EVENTS:
-            return
-        stage = self.clock._open[-1] if self.clock._open else "outside stages"
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + duration
-        if event == BACKEND_COMPILE:
-            self.compilations[stage] = self.compilations.get(stage, 0) + 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 def random_tree(abstract, seed: int = 0):

@@ -19,7 +19,7 @@ from conversion import dit as dit_conversion
 from conversion.common import DictSource
 from swifti2v_jax.models.dit import abstract_params
 from swifti2v_jax.presets import dit as dit_presets
-from swifti2v_jax.sampling.clock import StageClock
+from swifti2v_jax.sampling.clock import CompileMeter, StageClock
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -114,7 +114,7 @@ def test_weights_handed_to_pytorch_convert_back_exactly():
 
 def test_compile_meter_counts_compilations_of_the_open_stage():
     clock = StageClock()
-    with pipeline_check.CompileMeter(clock) as meter:
+    with CompileMeter(clock) as meter:
         with clock("stage2"):
             jax.jit(lambda x: x * 3 + 1)(np.arange(7.0)).block_until_ready()
     after = meter.compilations.copy()

@@ -81,3 +81,37 @@ def compilations() -> int:
             jax.monitoring.register_event_duration_secs_listener(_count)
             _listener_registered = True
     return _compilations
+
+
+# The events of one compilation (tracing, lowering to MLIR, the XLA build above).
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    _BACKEND_COMPILE_EVENT,
+)
+
+
+class CompileMeter:
+    """While active: compile seconds and XLA builds per stage of `clock` open at the time
+    ('outside stages' otherwise), so a stage's run time is its seconds minus its compiles
+    (benchmarks/gpu_check_pipeline.py)."""
+
+    def __init__(self, clock: StageClock):
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+        self.compilations: dict[str, int] = {}
+
+    def _listen(self, event: str, duration: float, **metadata) -> None:
+        if event not in _COMPILE_EVENTS:
+            return
+        stage = self.clock._open[-1] if self.clock._open else "outside stages"
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + duration
+        if event == _BACKEND_COMPILE_EVENT:
+            self.compilations[stage] = self.compilations.get(stage, 0) + 1
+
+    def __enter__(self) -> CompileMeter:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
