@@ -235,10 +235,11 @@ class Check:
         if not self.with_torch:
             section["skipped"] = "--no-torch"
             return self.section("pytorch", section)
-        try:
+        try:  # the official WanModel is a diffusers ModelMixin too
+            import diffusers  # noqa: F401
             import torch  # noqa: F401
-        except ImportError:
-            section["skipped"] = "torch is not installed"
+        except ImportError as error:
+            section["skipped"] = f"{error.name} is not installed"
             return self.section("pytorch", section)
         device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
         twin = torch_check.TorchTwin(programs["window"].model, params, device, self.wan_code)
