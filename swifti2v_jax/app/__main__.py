@@ -14,6 +14,7 @@ from swifti2v_jax import startup  # noqa: F401
 
 # isort: split
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if not 0 < args.port < 65536:
         raise cli.UserError(f"--port must be in 1..65535, got {args.port}")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local app: no telemetry
     try:
         import gradio
     except ImportError:
