@@ -117,6 +117,10 @@ def _bad_cases(space: Path) -> dict[str, tuple[list[str], int, str]]:
     video = out / "video.mp4"
     existing = inputs / "existing.mp4"
     existing.write_bytes(b"an earlier video")
+    garbage = inputs / "garbage_data"
+    garbage.mkdir()
+    shard = garbage / "train-00000-of-00001.array_record"
+    shard.write_bytes(np.random.default_rng(0).bytes(100_000))
     stage2 = "--config=configs/stage2.py:tiny"
     return {
         # docs/faults.md: refused before any model loads
@@ -164,6 +168,11 @@ def _bad_cases(space: Path) -> dict[str, tuple[list[str], int, str]]:
             _train(stage2, "--workdir", inputs / "a_file"),
             1,
             "is not a directory",
+        ),
+        "train_garbage_shard": (
+            _train(stage2, "--workdir", out / "wd", f"--config.data.path={garbage}"),
+            1,
+            f"{shard} is not a readable ArrayRecord shard (Corrupted",
         ),
         "train_bad_value_once": (
             _train(stage2, "--workdir", out / "wd", "--config.num_steps=0"),
@@ -214,6 +223,7 @@ def bad_runs(space):
         "train_missing_config",
         "train_workdir_is_a_file",
         "train_bad_value_once",
+        "train_garbage_shard",
         "convert_truncated_pth",
         "convert_truncated_safetensors",
         "convert_truncated_index",

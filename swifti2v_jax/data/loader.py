@@ -114,7 +114,21 @@ def find_shards(data_dir: str | os.PathLike) -> list[str]:
 
 
 def array_record_source(data_dir: str | os.PathLike):
-    return grain.sources.ArrayRecordDataSource(find_shards(data_dir))
+    """All shards of a prepared folder as one source; a shard that cannot be opened or read
+    (garbage, truncated) is named in a one-line ValueError before training starts."""
+    shards = find_shards(data_dir)
+    for shard in shards:
+        try:
+            one = grain.sources.ArrayRecordDataSource([shard])
+            if len(one):
+                one[0]
+        except Exception as e:  # noqa: BLE001 - the reader's errors name no file
+            detail = " ".join(str(e).split())[:160] or type(e).__name__
+            raise ValueError(
+                f"{shard} is not a readable ArrayRecord shard ({detail}); prepare the data "
+                "again or remove the file"
+            ) from None
+    return grain.sources.ArrayRecordDataSource(shards)
 
 
 def tfds_source(dataset_dir: str | os.PathLike, split: str = "train"):
