@@ -57,6 +57,9 @@ flags.DEFINE_string("resolution", None, "Output WIDTHxHEIGHT (multiples of 32) o
 flags.DEFINE_integer("stage1_steps", None, "Stage I sampling steps.")
 flags.DEFINE_integer("stage2_steps", None, "Stage II sampling steps.")
 flags.DEFINE_string("summary", None, "Write a JSON summary (timings, memory, ...) here.")
+flags.DEFINE_string("manifest", None, "JSON-lines file of clips to make (docs/manifest.md).")
+flags.DEFINE_string("output-dir", None, "With --manifest: where OUT/<name>.mp4 go.")
+flags.DEFINE_integer("devices", 0, "With --manifest: local devices to use (0 = all).")
 for _name, (_, _help) in CHECKPOINT_FLAGS.items():
     flags.DEFINE_string(_name, None, _help)
 
@@ -94,6 +97,8 @@ def main(argv) -> int:
     config = cli.config_value(_CONFIG, "sample.py")
     apply_flag_overrides(config)
     enable_compilation_cache(config.compilation_cache_dir)  # before anything compiles
+    if FLAGS.manifest:
+        return run_manifest(config)
     try:
         prepared = prepare(config)
     except prepare_errors() as e:
@@ -104,6 +109,37 @@ def main(argv) -> int:
         return _fail(e)  # user-fixable problems found late (e.g. a damaged checkpoint)
     log(closing_line(summary))
     return 0
+
+
+def run_manifest(config) -> int:
+    """Every row of --manifest; the exit status is the number of failed rows (at most 100)."""
+    import jax
+
+    from swifti2v_jax import manifest
+
+    if FLAGS.output or FLAGS.summary:
+        raise cli.UsageError(
+            "--manifest writes OUT/<name>.mp4: give --output-dir, not --output/--summary"
+        )
+    manifest_path = Path(FLAGS.manifest).expanduser()
+    if not manifest_path.is_file():
+        raise cli.UsageError(f"--manifest {manifest_path} is not a file")
+    output_dir = FLAGS["output-dir"].value
+    if not output_dir:
+        raise cli.UsageError("--manifest needs --output-dir")
+    output_dir = Path(output_dir).expanduser().absolute()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    devices = jax.local_devices()
+    if FLAGS.devices:
+        if not 0 < FLAGS.devices <= len(devices):
+            raise cli.UsageError(f"--devices {FLAGS.devices}: this process has {len(devices)}")
+        devices = devices[: FLAGS.devices]
+    report = manifest.run(
+        config, manifest_path, output_dir, process=manifest.process_share(),
+        devices=devices if len(devices) > 1 else None,
+    )  # fmt: skip
+    log(report.line())
+    return min(len(report.failed), 100)
 
 
 def _fail(error: BaseException) -> int:
