@@ -225,7 +225,12 @@ def run(
             report.skipped.append(row.name)
             continue
         try:
-            prepared = generation.prepare(row_config(base_config, row, output_dir))
+            config = row_config(base_config, row, output_dir)
+        except (TypeError, ValueError, KeyError) as e:  # a value of the wrong type
+            _fail(report, row, e, log)
+            continue
+        try:
+            prepared = generation.prepare(config)
         except generation.prepare_errors() as e:
             _fail(report, row, e, log)
             continue
