@@ -415,3 +415,29 @@ def test_stale_partial_videos_and_conversion_folders_are_removed(tmp_path):
     assert convert.returncode == 1, convert.stderr
     assert "removed 1 stale conversion folder(s)" in convert.stdout, convert.stdout
     assert not stale_conversion.exists()
+
+
+def test_a_conversion_whose_output_appears_meanwhile_is_one_line(tmp_path, monkeypatch):
+    import importlib
+
+    from conversion.common import ConversionError
+
+    main = importlib.import_module("conversion.__main__")
+    output = tmp_path / "converted"
+
+    class Job:  # converts, while someone else creates --output
+        name, description, quantizable = "dit", "a DiT", False
+
+        def validate(self):
+            pass
+
+        def convert(self, path, dtype):
+            path.mkdir()
+            (output / "vae").mkdir(parents=True)  # another conversion writing there
+
+    monkeypatch.setattr(main, "find_jobs", lambda *args: [Job()])
+    (tmp_path / "source").mkdir()
+    with pytest.raises(ConversionError, match="appeared while converting; nothing was written"):
+        main.convert(tmp_path / "source", output, log=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "source"]  # no tmp left
+    assert [p.name for p in output.iterdir()] == ["vae"]  # theirs, untouched
