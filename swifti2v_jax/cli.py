@@ -283,16 +283,24 @@ def new_outputs(directory: Path, keep: Callable[[], bool]) -> Iterator[None]:
     directory = Path(directory)
     existed = directory.is_dir()
     before = set(directory.iterdir()) if existed else set()
+
+    def remove_new() -> None:
+        if keep():
+            return
+        if not existed:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif directory.is_dir():
+            for path in set(directory.iterdir()) - before:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    forget = on_hard_exit(remove_new)  # a signal while stuck in a compile: same cleanup
     try:
         yield
     except BaseException:
-        if not keep():
-            if not existed:
-                shutil.rmtree(directory, ignore_errors=True)
-            elif directory.is_dir():
-                for path in set(directory.iterdir()) - before:
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
+        remove_new()
         raise
+    finally:
+        forget()
