@@ -26,7 +26,15 @@ def _missing_oracles() -> list[str]:
     return missing
 
 
+# .ci/smoke sets this on the newest JAX/Flax/Orbax: a DeprecationWarning raised on a line of this
+# repository fails the test (pyproject ignores DeprecationWarning otherwise).
+DEPRECATIONS = "SWIFTI2V_DEPRECATIONS_ARE_ERRORS"
+OWN_MODULES = r"(swifti2v_jax|conversion|benchmarks|configs|tests|train|sample)(\..*)?"
+
+
 def pytest_configure(config):
+    if os.environ.get(DEPRECATIONS) == "1":
+        config.addinivalue_line("filterwarnings", f"error::DeprecationWarning:{OWN_MODULES}")
     missing = _missing_oracles()
     if missing and os.environ.get(ALLOW_MISSING) != "1":
         raise pytest.UsageError(

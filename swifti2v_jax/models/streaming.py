@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import NamedSharding, make_single_device_sharding
 
 HOST = "pinned_host"
 STREAMED_SCOPE = "blocks"
@@ -87,7 +87,8 @@ def place(params, device=None):
             f"layer streaming needs the {HOST!r} memory kind, which {device.platform} device "
             f"{device} does not offer; turn stream_layers off"
         )
-    on_device = SingleDeviceSharding(device)
+    # jax 0.12 deprecates constructing SingleDeviceSharding; the factory exists since 0.10.
+    on_device = make_single_device_sharding(device)
     on_host = host_sharding(on_device)
 
     def put(leaf, streamed, words):
