@@ -72,20 +72,32 @@ class HybridReferenceEncoder:
     pushes gives the same latents bit for bit, holding at most one group of frames.
     tiles: None or (tile_size, tile_overlap, offload_cache) for a spatially tiled encoder
     (vae.StreamingEncoder: one cache per tile, in host memory when offloaded).
+    tile_major: each push's groups go through one tile after the other (each group upsampled
+    again per tile, so no full-resolution frames are held), the caches carried to the next
+    push in host memory as `cache_dtype`, none after `total_frames` (the same latents bit
+    for bit in float32; models/vae_streaming.py).
     """
 
-    def __init__(self, vae_params, vae_config, image: jax.Array, tiles=None):
+    def __init__(
+        self, vae_params, vae_config, image: jax.Array, tiles=None, *, tile_major=False,
+        total_frames: int | None = None, cache_dtype: str = "float32",
+    ):  # fmt: skip
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
         self.image = image
         self.config = vae_lib.as_config(vae_config)
         self.step = vae_lib.temporal_factor(self.config)
-        self.encoder = vae_lib.StreamingEncoder(vae_params, self.config, **_tile_kwargs(tiles))
+        self.encoder = vae_lib.StreamingEncoder(
+            vae_params, self.config, **_tile_kwargs(tiles), tile_major=tile_major,
+            total_frames=total_frames, cache_dtype=cache_dtype,
+        )  # fmt: skip
         self.frames_in = 0
         self._pending = None  # low-res frames waiting for a full group
 
     def push(self, video_low: jax.Array) -> jax.Array | None:
         _check(video_low, self.image)
+        if self.encoder.tile_major:
+            return self._push_tile_major(video_low)
         height, width = self.image.shape[1:3]
         self.frames_in += video_low.shape[1]
         latents = []
@@ -100,6 +112,22 @@ class HybridReferenceEncoder:
             latents.append(self.encoder.push(chunk))
         self._pending = video_low[:, usable:] if usable < video_low.shape[1] else None
         return jnp.concatenate(latents, axis=1) if latents else None
+
+    def _push_tile_major(self, video_low: jax.Array) -> jax.Array | None:
+        height, width = self.image.shape[1:3]
+        self.frames_in += video_low.shape[1]
+        groups = []
+        if self.encoder.frames_in == 0 and video_low.shape[1]:
+            groups.append(lambda: self.image[:, None].astype(jnp.float32))
+            video_low = video_low[:, 1:]
+        if self._pending is not None:
+            video_low = jnp.concatenate([self._pending, video_low], axis=1)
+        usable = video_low.shape[1] // self.step * self.step
+        for start in range(0, usable, self.step):
+            low = video_low[:, start : start + self.step]
+            groups.append(lambda low=low: resize_frames(low, height, width))
+        self._pending = video_low[:, usable:] if usable < video_low.shape[1] else None
+        return self.encoder.push_groups(groups) if groups else None
 
     def finish(self) -> None:
         if self._pending is not None:

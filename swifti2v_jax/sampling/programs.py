@@ -15,9 +15,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 
 from swifti2v_jax.csg import reference
 from swifti2v_jax.models import dit as dit_lib
+from swifti2v_jax.models import quant, streaming
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.vae_streaming import _add_tile, _take_tile
 from swifti2v_jax.sampling import solvers, stage1, stage1_a14b, stage2
@@ -43,6 +45,18 @@ class Program:
 
 def _struct(shape, dtype=F32):
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def dit_params(dit_config: dit_lib.DiTConfig, weights: str = "native"):
+    """Abstract parameters of a DiT as the run holds them: quantized to `weights`
+    (memory.dit_weights) and, with the config's stream_layers, block kernels in pinned host
+    memory (models/streaming.py; `place` moves them to the target's device)."""
+    tree = jax.eval_shape(
+        lambda: quant.quantize_params(dit_lib.init_params(dit_config, jax.random.key(0)), weights)
+    )
+    if dit_config.stream_layers:
+        tree = streaming.abstract(tree, SingleDeviceSharding(jax.devices()[0]))
+    return tree
 
 
 def _vae_steps(name, params, config, first_in, rest_in, step_fn) -> list[Program]:
@@ -75,6 +89,36 @@ def _decoder(name, params, config, latent_hw, tile_size=0, tile_overlap=2) -> li
     return _vae_steps(name, params, config, latent, latent, vae_lib._decode_step)
 
 
+def _encoder(name, params, config, pixel_hw, tiles) -> list[Program]:
+    """The streaming encoder's steps ([frame 0], then `temporal_factor` frames), on the whole
+    frame or, with tiles (memory.encode_tiles), on one tile plus the tile cut and blend."""
+    step, s = vae_lib.temporal_factor(config), vae_lib.spatial_factor(config)
+    tiling = None
+    if tiles is not None:
+        tiling = vae_lib.make_tiling(pixel_hw[0] // s, pixel_hw[1] // s, tiles[0], tiles[1])
+    if tiling is None:
+        return _vae_steps(
+            name, params, config, _struct((1, 1, *pixel_hw, 3)), _struct((1, step, *pixel_hw, 3)),
+            vae_lib._encode_step,
+        )  # fmt: skip
+    th, tw = tiling.tile_h * s, tiling.tile_w * s
+    frames = _struct((1, step, *pixel_hw, 3))
+    latent = _struct((1, 1, tiling.tile_h, tiling.tile_w, config.z_dim))
+    out = _struct((1, 1, pixel_hw[0] // s, pixel_hw[1] // s, config.z_dim))
+    yx = _struct((), jnp.int32)
+    return [
+        *_vae_steps(
+            f"{name}_tile", params, config, _struct((1, 1, th, tw, 3)),
+            _struct((1, step, th, tw, 3)), vae_lib._encode_step,
+        ),
+        Program(f"{name}_take_tile", _take_tile, (frames, yx, yx, th, tw)),
+        Program(
+            f"{name}_add_tile", _add_tile,
+            (out, latent, _struct((tiling.tile_h, tiling.tile_w)), yx, yx),
+        ),
+    ]  # fmt: skip
+
+
 def _whole_video(name, params, config, first, rest, step_fn, rest_program) -> list[Program]:
     """`vae.encode` / `vae.decode` of a whole (chunk-long) clip: step 0, then one scan."""
     y0, cache = jax.eval_shape(lambda p, x: step_fn(p, config, None, x, True), params, first)
@@ -97,7 +141,7 @@ def _a14b_programs(specs, config, text, length, latent1, p_vae1) -> list[Program
     x = _struct((1, length, *latent1, specs.stage1.out_dim))
     condition = _struct((1, length, *latent1, vae1.z_dim + stage1_a14b.MASK_CHANNELS))
     sigmas, timesteps = (_struct(a.shape) for a in solvers.as_schedule_arrays(cfg.make_schedule()))
-    expert = dit_lib.abstract_params(specs.stage1)
+    expert = dit_params(specs.stage1, config.memory.dit_weights)
     if config.memory.swap_stage1_experts:
         state = jax.eval_shape(solvers.make_solver(cfg.solver).init, x)
         i = _struct((), jnp.int32)
@@ -131,7 +175,7 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
         sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.make_schedule())
         x_init = _struct((1, length, *latent1, vae1.z_dim))
         chunk_args = (
-            dit_lib.abstract_params(specs.stage1), x_init, x_init, _struct((), jnp.int32),
+            dit_params(specs.stage1, config.memory.dit_weights), x_init, x_init, _struct((), jnp.int32),
             _struct((), jnp.int32), text, text, _struct(sigmas.shape), _struct(timesteps.shape),
         )  # fmt: skip
         # The image, and a chunk's last pixel frames as the next chunk's first latents (its
@@ -159,10 +203,9 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
     programs.append(
         Program("reference_resize", reference.resize_frames, (group, plan.height, plan.width))
     )
-    programs += _vae_steps(
-        "reference_encode", p_vae2, vae2, _struct((1, 1, plan.height, plan.width, 3)),
-        _struct((1, step, plan.height, plan.width, 3)), vae_lib._encode_step,
-    )  # fmt: skip
+    programs += _encoder(
+        "reference_encode", p_vae2, vae2, (plan.height, plan.width), config.memory.encode_tiles
+    )
 
     # Stage II: one window program for every segment.
     text = _struct((1, config.text_len, specs.stage2.text_dim))
@@ -175,7 +218,7 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
             "stage2_window",
             denoiser._jitted,
             (
-                dit_lib.abstract_params(specs.stage2),
+                dit_params(specs.stage2, config.memory.dit_weights),
                 window,
                 window,
                 _struct((size,), bool),
@@ -195,12 +238,28 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
     return programs
 
 
+def place(programs: list[Program], device) -> list[Program]:
+    """The same programs with every abstract argument on `device` (pinned host memory kept
+    where the run keeps it: streamed DiT kernels), e.g. a compile-only TPU device."""
+
+    def put(leaf):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        kind = getattr(leaf.sharding, "memory_kind", None)
+        sharding = SingleDeviceSharding(device, memory_kind=kind if kind == streaming.HOST else None)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    return [dataclasses.replace(p, args=jax.tree.map(put, p.args)) for p in programs]
+
+
 MEMORY_FIELDS = (
     "argument_size_in_bytes",
     "output_size_in_bytes",
     "alias_size_in_bytes",
     "temp_size_in_bytes",
     "generated_code_size_in_bytes",
+    "host_argument_size_in_bytes",
+    "host_temp_size_in_bytes",
 )
 
 
