@@ -62,6 +62,16 @@ flags.DEFINE_string("output-dir", None, "With --manifest: where OUT/<name>.mp4 g
 flags.DEFINE_integer("devices", 0, "With --manifest: local devices to use (0 = all).")
 for _name, (_, _help) in CHECKPOINT_FLAGS.items():
     flags.DEFINE_string(_name, None, _help)
+flags.DEFINE_bool(
+    "plan", False, "Print the run's memory and transfer plan and exit (no weights needed); "
+    "exit status 1 when a peak is over the budget (sampling/memory_plan.py).",
+)  # fmt: skip
+flags.DEFINE_enum(
+    "plan_target", "local", ["local", "gpu-24gb", "v5e-1", "v6e-1"],
+    "--plan for: this machine, one 24 GB GPU + 64 GB RAM, one TPU v5e / v6e chip.",
+)  # fmt: skip
+flags.DEFINE_alias("plan-target", "plan_target")
+flags.DEFINE_string("json", None, "With --plan: also write the plan as JSON here.")
 
 FLAGS = flags.FLAGS
 
@@ -99,6 +109,14 @@ def main(argv) -> int:
     enable_compilation_cache(config.compilation_cache_dir)  # before anything compiles
     if FLAGS.manifest:
         return run_manifest(config)
+    if FLAGS.plan:
+        from swifti2v_jax.run_plan import print_plan
+
+        try:
+            print_plan(config, FLAGS.plan_target, FLAGS.json)
+        except prepare_errors() as e:
+            return _fail(e)
+        return 0
     try:
         prepared = prepare(config)
     except prepare_errors() as e:

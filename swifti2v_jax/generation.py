@@ -208,6 +208,9 @@ def prepare(config) -> Prepared:
     fit = image_io.fit_note(image.size, plan.width, plan.height)
     if fit:
         log(f"image: {fit}")
+    from swifti2v_jax.run_plan import check_memory_plan
+
+    check_memory_plan(pipeline, plan)  # with memory budgets: the plan fits, or one line
     return Prepared(
         config,
         output,

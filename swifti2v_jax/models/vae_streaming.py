@@ -233,7 +233,9 @@ class StreamingDecoder(_TiledStream):
 
     def _at_end(self) -> bool:
         total = self.total_latents
-        return bool(self._buffer) and total is not None and self.latent_frames + self.buffered >= total
+        return (
+            bool(self._buffer) and total is not None and self.latent_frames + self.buffered >= total
+        )
 
     def finish(self) -> jax.Array:
         """Decodes what is still buffered (chunked decode; nothing otherwise)."""
@@ -249,7 +251,9 @@ class StreamingDecoder(_TiledStream):
 
     def _decode_buffer(self, count: int) -> jax.Array:
         """The next `count` buffered latent frames, tile-major."""
-        latents = jnp.concatenate(self._buffer, axis=1) if len(self._buffer) > 1 else self._buffer[0]
+        latents = (
+            jnp.concatenate(self._buffer, axis=1) if len(self._buffer) > 1 else self._buffer[0]
+        )
         chunk, rest = latents[:, :count], latents[:, count:]
         self._buffer = [rest] if rest.shape[1] else []
         first = self.latent_frames == 0

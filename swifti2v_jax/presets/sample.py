@@ -11,11 +11,11 @@ preset one of
                      Needs --stage1_checkpoints (converted A14B) and --checkpoints (TI2V-5B).
   swifti2v_2k_ti2v   as above but Stage I is TI2V-5B itself (one conversion, --checkpoints).
   swifti2v_2k_concat as swifti2v_2k with a trained `concat` Stage II (--stage2 DIR).
-  swifti2v_2k_24gb   swifti2v_2k on one 24 GB GPU: int8 DiT weights, Stage I expert
-                     streamed layer by layer from host memory, plus umT5 on the host, expert
-                     swapping, Stage I release, tiled encode and tiled decode with host-
-                     side tile caches (README, "2K on one 24 GB GPU"; on one v5e chip its
-                     largest program, the tiled VAE decode step, needs 9.8 GB).
+  swifti2v_2k_24gb   swifti2v_2k on one 24 GB GPU with 64 GB of RAM: int8 DiT weights, the
+                     A14B expert resident, umT5 on the host, tile-major 2K VAE (docs/memory.md;
+                     `sample.py --plan` prints its whole-run plan, checked before loading).
+  swifti2v_2k_16gb   the same on one 16 GB TPU v5e chip: the A14B expert streamed from host
+                     memory, smaller decode tiles.
 
 Pick one with `--config=configs/sample.py:swifti2v_2k`; override any field with
 `--config.stage2.steps=30` and the like. Command-line flags such as --frames or --resolution
@@ -123,6 +123,13 @@ def _base() -> ml_collections.ConfigDict:
             # block kernels in host memory, one layer on the device at a time:
             # 'off', 'stage1', 'stage2' or 'both'
             stream_layers="off",
+            # tile-major VAE streams and their carried caches (sampling/config.py)
+            decode_chunk_latents=0,
+            encode_tile_major=False,
+            vae_cache_dtype="float32",
+            # > 0: check the run's memory plan against these before loading weights
+            device_budget_gb=0.0,
+            host_budget_gb=0.0,
         )
     )
     c.attention_backend = ""  # '' = as converted; 'xla', 'cudnn' (GPU) or 'splash' (TPU)
@@ -224,17 +231,36 @@ def swifti2v_2k_concat() -> ml_collections.ConfigDict:
     return c
 
 
-def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
-    c = swifti2v_2k()
-    c.preset = "swifti2v_2k_24gb"
+def _workstation_2k(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What both 2K workstation presets change from swifti2v_2k (docs/memory.md): int8 DiT
+    weights, umT5 on the host, one A14B expert at a time, and the 2K VAE tile-major: the
+    reference encode in 1024-pixel tiles (6) and the decode in chunks of 21 latents (an
+    81-frame clip: no cache leaves the device), caches carried between chunks of longer clips
+    in host memory as bfloat16; and a memory plan checked before any weight is loaded."""
     c.memory.update(
         text_encoder_on_host=True, release_stage1=True, swap_stage1_experts=True,
-        dit_weights="int8", stream_layers="stage1",
-        # 2K VAE encodes in 1024-pixel tiles (6 at 2560x1408): the untiled encode needs 20 GB
-        encode_tile_size=64, encode_tile_overlap=16,
-        # the tiles' causal caches wait in host memory (encode: 6 x 2.5 GB, decode: 12 x 3.5 GB)
-        encode_offload_cache=True, decode_offload_cache=True,
+        dit_weights="int8", encode_tile_size=64, encode_tile_overlap=16, encode_tile_major=True,
+        decode_chunk_latents=21, vae_cache_dtype="bfloat16", host_budget_gb=48.0,
     )  # fmt: skip
+    return c
+
+
+def swifti2v_2k_24gb() -> ml_collections.ConfigDict:
+    """One 24 GB GPU with 64 GB of RAM: the int8 A14B expert resident (14.9 GB, no
+    per-forward streaming), 704-pixel decode tiles (swifti2v_2k's)."""
+    c = _workstation_2k(swifti2v_2k())
+    c.preset = "swifti2v_2k_24gb"
+    c.memory.device_budget_gb = 22.0
+    return c
+
+
+def swifti2v_2k_16gb() -> ml_collections.ConfigDict:
+    """One 16 GB TPU v5e chip: the int8 expert streamed layer by layer from pinned host
+    memory (resident it needs 16.9 GB), 512-pixel decode tiles (a 704-pixel tile's step
+    beside the Stage II DiT is over 15 GB)."""
+    c = _workstation_2k(swifti2v_2k())
+    c.preset = "swifti2v_2k_16gb"
+    c.memory.update(stream_layers="stage1", decode_tile_size=32, device_budget_gb=15.0)
     return c
 
 
@@ -244,6 +270,7 @@ PRESETS = {
     "swifti2v_2k_ti2v": swifti2v_2k_ti2v,
     "swifti2v_2k_concat": swifti2v_2k_concat,
     "swifti2v_2k_24gb": swifti2v_2k_24gb,
+    "swifti2v_2k_16gb": swifti2v_2k_16gb,
 }
 DEFAULT = "demo"
 get_config = dispatch(PRESETS, DEFAULT, "sample")

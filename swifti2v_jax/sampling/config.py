@@ -44,6 +44,14 @@ class MemoryOptions:
       quantized at load (models/quant.py; a checkpoint converted with --quantize loads as is).
     stream_layers: which DiTs keep their block kernels in host memory and copy one layer per
       scan step to the device (models/streaming.py): 'off', 'stage1', 'stage2' or 'both'.
+    decode_chunk_latents: > 0: the tiled decode runs tile-major over chunks of this many
+      latent frames (one tile's cache alive at a time, pixels blended in host memory;
+      models/vae_streaming.py); 0: frame-major (every tile's cache alive).
+    encode_tile_major: the tiled reference encode runs tile-major over each Stage I chunk.
+    vae_cache_dtype: tile-major caches carried in host memory from one chunk to the next:
+      'float32' (the frame-major output bit for bit) or 'bfloat16' (half the bytes, rounded).
+    device_budget_gb / host_budget_gb: > 0: the run checks its memory plan
+      (sampling/memory_plan.py) before loading weights and stops if a phase exceeds them.
     """
 
     text_encoder_on_host: bool = True
@@ -57,6 +65,11 @@ class MemoryOptions:
     encode_offload_cache: bool = False
     dit_weights: str = "native"
     stream_layers: str = "off"
+    decode_chunk_latents: int = 0
+    encode_tile_major: bool = False
+    vae_cache_dtype: str = "float32"
+    device_budget_gb: float = 0.0
+    host_budget_gb: float = 0.0
 
     @property
     def encode_tiles(self) -> tuple[int, int, bool] | None:
@@ -75,6 +88,14 @@ class MemoryOptions:
             raise PipelineError(
                 f"memory.stream_layers must be one of {STREAM_CHOICES}, got {self.stream_layers!r}"
             )
+        if self.vae_cache_dtype not in ("float32", "bfloat16"):
+            raise PipelineError(
+                f"memory.vae_cache_dtype must be 'float32' or 'bfloat16', got "
+                f"{self.vae_cache_dtype!r}"
+            )
+        for name in ("decode_chunk_latents", "device_budget_gb", "host_budget_gb"):
+            if getattr(self, name) < 0:
+                raise PipelineError(f"memory.{name} must be >= 0, got {getattr(self, name)}")
         for kind in ("decode", "encode"):
             size, overlap = (
                 getattr(self, f"{kind}_tile_size"),

@@ -111,6 +111,48 @@ def _metadata(path: Path, kind: str, what: str) -> dict:
     return meta["config"]
 
 
+def run_layout(stage1_dit: DiTConfig, stage2: DiTConfig, config: PipelineConfig):
+    """The DiT configs as this run uses them: attention backend and layer streaming."""
+    if config.attention_backend:
+        try:
+            stage1_dit = stage1_dit.replace(attention_backend=config.attention_backend)
+            stage2 = stage2.replace(attention_backend=config.attention_backend)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
+    stream = config.memory.stream_layers
+    if stream != "off" and not streaming.supports_host_memory():
+        raise PipelineError(
+            f"memory.stream_layers={stream!r} needs the {streaming.HOST!r} memory kind, which "
+            "this backend does not offer; set it to 'off'"
+        )
+    stage1_dit = stage1_dit.replace(stream_layers=stream in ("stage1", "both"))
+    stage2 = stage2.replace(stream_layers=stream in ("stage2", "both"))
+    return stage1_dit, stage2
+
+
+def public_specs(config: PipelineConfig) -> ModelSpecs:
+    """The public Wan2.2 architectures a 2K preset runs, as `python -m conversion` stores
+    them (bf16 DiT and umT5, fp32 VAEs): for planning without checkpoints."""
+    from swifti2v_jax.presets import dit as dit_presets
+    from swifti2v_jax.presets import t5 as t5_presets
+    from swifti2v_jax.presets import vae as vae_presets
+
+    a14b = config.stage1.backbone == "a14b"
+    stage2 = "ti2v_5b_concat" if config.stage2.conditioning == "concat" else "ti2v_5b"
+    stage1_dit, stage2_dit = run_layout(
+        dit_presets.config("i2v_a14b" if a14b else "ti2v_5b", param_dtype="bfloat16"),
+        dit_presets.config(stage2, param_dtype="bfloat16"),
+        config,
+    )
+    return ModelSpecs(
+        stage1=stage1_dit,
+        stage1_vae=vae_presets.config("wan21" if a14b else "wan22"),
+        stage2=stage2_dit,
+        vae=vae_presets.config("wan22"),
+        t5=t5_presets.config("umt5_xxl"),
+    )
+
+
 def inspect_models(paths: ModelPaths, config: PipelineConfig) -> ModelSpecs:
     """Reads and cross-checks every checkpoint's config; raises PipelineError on a mismatch."""
     try:
@@ -132,21 +174,7 @@ def inspect_models(paths: ModelPaths, config: PipelineConfig) -> ModelSpecs:
         )
     if len(stage1_configs) == 2 and stage1_configs[0] != stage1_configs[1]:
         raise PipelineError("the two I2V-A14B experts have different architectures")
-    stage1_dit = stage1_configs[0]
-    if config.attention_backend:
-        try:
-            stage1_dit = stage1_dit.replace(attention_backend=config.attention_backend)
-            stage2 = stage2.replace(attention_backend=config.attention_backend)
-        except ValueError as e:
-            raise PipelineError(str(e)) from None
-    stream = config.memory.stream_layers
-    if stream != "off" and not streaming.supports_host_memory():
-        raise PipelineError(
-            f"memory.stream_layers={stream!r} needs the {streaming.HOST!r} memory kind, which "
-            "this backend does not offer; set it to 'off'"
-        )
-    stage1_dit = stage1_dit.replace(stream_layers=stream in ("stage1", "both"))
-    stage2 = stage2.replace(stream_layers=stream in ("stage2", "both"))
+    stage1_dit, stage2 = run_layout(stage1_configs[0], stage2, config)
     z1 = stage1_vae.z_dim
     if config.stage1.backbone == "ti2v" and not stage1_dit.in_dim == stage1_dit.out_dim == z1:
         raise PipelineError(

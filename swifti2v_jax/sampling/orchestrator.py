@@ -317,8 +317,10 @@ class _Streamer:
             tiles = config.memory.encode_tiles
             anchor = reference.encode_anchor(vae_params, specs.vae, image_hi, tiles)
             self.reference = reference.HybridReferenceEncoder(
-                vae_params, specs.vae, image_hi, tiles
-            )
+                vae_params, specs.vae, image_hi, tiles,
+                tile_major=config.memory.encode_tile_major, total_frames=plan.frames,
+                cache_dtype=config.memory.vae_cache_dtype,
+            )  # fmt: skip
             jax.block_until_ready(anchor)
         params = models.get_stage2_dit()
         self.denoiser = models.get_stage2_denoiser(specs.stage2, config.stage2)
@@ -332,16 +334,21 @@ class _Streamer:
             vae_params, specs.vae, tile_size=memory.decode_tile_size or None,
             tile_overlap=memory.decode_tile_overlap,
             offload_cache=memory.decode_offload_cache and bool(memory.decode_tile_size),
+            chunk_latents=memory.decode_chunk_latents, total_latents=plan.latent_frames,
+            cache_dtype=memory.vae_cache_dtype,
         )  # fmt: skip
         self.kept = [] if keep_latents else None
         self._emit(anchor)  # block 0: the image's own latent, decoded first
 
     def _emit(self, latents) -> None:
         with self.clock("decode"):
-            frames = frames_to_uint8(self.decoder.push(latents)[0])
-            self.sink(frames)
+            self._sink(self.decoder.push(latents))
         if self.kept is not None:
             self.kept.append(latents)
+
+    def _sink(self, pixels) -> None:
+        if pixels.shape[1]:  # a chunked (tile-major) decoder may still be collecting
+            self.sink(frames_to_uint8(pixels[0]))
 
     def push(self, video_low) -> None:
         """The next decoded low-res frames -> every segment they complete, decoded and sunk."""
@@ -366,4 +373,6 @@ class _Streamer:
         self.reference.finish()
         if not self.segments.done:
             raise RuntimeError("internal error: the clip ended before its last CSG segment")
+        with self.clock("decode"):
+            self._sink(self.decoder.finish())
         return None if self.kept is None else jnp.concatenate(self.kept, axis=1)

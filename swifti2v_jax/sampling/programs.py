@@ -175,8 +175,9 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
         sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.make_schedule())
         x_init = _struct((1, length, *latent1, vae1.z_dim))
         chunk_args = (
-            dit_params(specs.stage1, config.memory.dit_weights), x_init, x_init, _struct((), jnp.int32),
-            _struct((), jnp.int32), text, text, _struct(sigmas.shape), _struct(timesteps.shape),
+            dit_params(specs.stage1, config.memory.dit_weights), x_init, x_init,
+            _struct((), jnp.int32), _struct((), jnp.int32), text, text, _struct(sigmas.shape),
+            _struct(timesteps.shape),
         )  # fmt: skip
         # The image, and a chunk's last pixel frames as the next chunk's first latents (its
         # first frame is an image-sized step; a longer overlap also encodes the rest).
@@ -246,7 +247,9 @@ def place(programs: list[Program], device) -> list[Program]:
         if not isinstance(leaf, jax.ShapeDtypeStruct):
             return leaf
         kind = getattr(leaf.sharding, "memory_kind", None)
-        sharding = SingleDeviceSharding(device, memory_kind=kind if kind == streaming.HOST else None)
+        sharding = SingleDeviceSharding(
+            device, memory_kind=kind if kind == streaming.HOST else None
+        )
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
     return [dataclasses.replace(p, args=jax.tree.map(put, p.args)) for p in programs]
