@@ -27,7 +27,9 @@ def _frame_major(params, config, latents, **tiles):
                            for i in range(latents.shape[1])], axis=1)  # fmt: skip
 
 
-@pytest.mark.parametrize("chunk", [2, 3, 7])
+@pytest.mark.parametrize(
+    "chunk", [pytest.param(2, marks=pytest.mark.slow), 3, pytest.param(7, marks=pytest.mark.slow)]
+)
 def test_tile_major_decode_is_bitwise_the_frame_major_decode(chunk):
     config, params = _tiny("wan21")
     latents = jax.random.normal(jax.random.key(2), (1, 7, 3, 4, config.z_dim))

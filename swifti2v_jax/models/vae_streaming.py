@@ -46,6 +46,13 @@ def _add_tile_at(out, values, weight, t, y, x):
 
 
 CACHE_DTYPES = ("float32", "bfloat16")
+# Bytes the tiled streams asked to move between host and device memory (carried or offloaded
+# caches, tile-major pixels): what benchmarks/memory_check.py compares with the plan.
+MOVED = {"bytes": 0}
+
+
+def _count(tree) -> None:
+    MOVED["bytes"] += cache_bytes(tree)
 
 
 def host_device():
@@ -55,12 +62,14 @@ def host_device():
 
 def _stash(cache, dtype: str):
     """A tile's cache -> host (numpy) in `dtype`; float32 keeps every bit."""
+    _count(cache)
     return jax.tree.map(lambda a: np.asarray(jax.device_get(a)).astype(dtype), cache)
 
 
 def _restore(cache):
     if cache is None:
         return None
+    _count(cache)
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), cache)
 
 
@@ -83,8 +92,11 @@ def _tiled_step(step, caches: list, x, tiling, scale_in: int, scale_out: int, of
         )
         cache = caches[k]
         if offload and cache is not None:
+            _count(cache)
             cache = jax.device_put(cache)
         values, cache = step(cache, tile)
+        if offload:
+            _count(cache)
         caches[k] = jax.device_get(cache) if offload else cache
         if out is None:
             shape = (x.shape[0], values.shape[1], *total.shape, values.shape[-1])
@@ -162,6 +174,8 @@ class _TiledStream:
             for i, make in enumerate(inputs):
                 tile = _take_tile(make(), y * scale_in, x0 * scale_in, th, tw)
                 values, cache = step_fn(self.params, self.config, cache, tile, first and i == 0)
+                if scale_out > 1:  # pixels to the host blend (the same memory on a CPU)
+                    _count(values)
                 values = jax.device_put(values, device)
                 out = _add_tile_at(out, values, weights[k], t, y * scale_out, x0 * scale_out)
                 t += values.shape[1]

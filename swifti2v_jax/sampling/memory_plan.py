@@ -123,6 +123,7 @@ class RunPlan:
     host_budget: float | None
     program_source: str
     notes: list[str]
+    vae_stream_bytes: int = 0  # of transfer_bytes: VAE caches and tile-major pixels
 
     def _peak(self, key) -> tuple[int, str]:
         phase = max(self.phases, key=key)
@@ -150,6 +151,7 @@ class RunPlan:
             host_peak_phase=host_at, transfer_bytes=self.transfer_bytes,
             device_budget_bytes=self.device_budget, host_budget_bytes=self.host_budget,
             phases=[p.as_dict() for p in self.phases], notes=list(self.notes),
+            vae_stream_bytes=self.vae_stream_bytes,
         )  # fmt: skip
 
     def check(self) -> None:
@@ -483,7 +485,9 @@ def whole_run(
     source = {"local": f"compiled on {jax.default_backend()}", "cpu": "XLA:CPU (GPU proxy)"}
     device_budget = memory.device_budget_gb * GB or target.device_budget
     host_budget = memory.host_budget_gb * GB or target.host_budget
+    stream_bytes = encode_moved + decode_moved - (0 if decode.tile_major else pixels_out)
     return RunPlan(
         target, phases, sizes, device_budget, host_budget,
         source.get(target.compiler, f"libtpu compile-only {target.compiler}"), notes,
+        stream_bytes,
     )  # fmt: skip

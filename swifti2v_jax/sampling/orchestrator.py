@@ -34,6 +34,7 @@ from swifti2v_jax.csg import reference
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import frames_to_uint8
 from swifti2v_jax.models import vae as vae_lib
+from swifti2v_jax.models import vae_streaming
 from swifti2v_jax.progress import bar as progress_bar
 from swifti2v_jax.sampling import stage1, stage1_a14b, stage2
 from swifti2v_jax.sampling.clock import StageClock, compilations, peak_memory
@@ -235,6 +236,7 @@ def run(
         report("stage2", frames)
 
     traces_before = sum(stage1.TRACES.values())
+    moved_before = vae_streaming.MOVED["bytes"]
     stage1_vae = models.get_stage1_vae()
     pieces = stage1_video_chunks(
         models, stage1_vae, specs.stage1, specs.stage1_vae, config.stage1, image_lo,
@@ -280,6 +282,8 @@ def run(
         # two I2V-A14B experts taking turns are one program each).
         stage1_compilations=sum(stage1.TRACES.values()) - traces_before,
         stage1_chunks=num_chunks,
+        # host <-> device bytes of the tiled VAE streams (caches, tile-major pixels)
+        vae_stream_bytes=vae_streaming.MOVED["bytes"] - moved_before,
         first_frame_seconds=round(first_frame[0], 3) if first_frame else None,
         stage2_tokens_per_forward=plan.tokens_per_forward,
         stage2_window_blocks=plan.windows[0].size,
