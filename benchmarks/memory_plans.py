@@ -5,8 +5,10 @@
 
 Each row is `sample.py --config=configs/sample.py:PRESET --plan --plan_target TARGET`
 (sampling/memory_plan.py): no weights; device programs compiled for the target (XLA:CPU as
-the GPU proxy, compile-only libtpu for v5e / v6e: the 2K VAE steps take 10-40 minutes each on
-2 cores, cached per program, so a cut-short sweep resumes). The figures of every compiled
+the GPU proxy; with --compile-tpu compile-only libtpu for v5e / v6e: the 2K VAE steps take
+10-40 minutes each on 2 cores, cached per program, so a cut-short sweep resumes; without it
+programs not yet compiled for the TPU use XLA:CPU's figures, named in the plan's notes).
+The figures of every compiled
 program are copied into swifti2v_jax/sampling/program_memory.json, so `--plan` for a TPU
 target reads them instead of compiling. Results: benchmarks/results/memory_plans/.
 """
@@ -44,11 +46,11 @@ ROWS = {
             vae_cache_dtype="float32",
         ),
     ),  # fmt: skip
-    "swifti2v_2k_24gb@gpu-24gb, 1001 frames": ("swifti2v_2k_24gb", "gpu-24gb", dict(frames=1001)),
+    "swifti2v_2k_24gb@gpu-24gb 1001 frames": ("swifti2v_2k_24gb", "gpu-24gb", dict(frames=1001)),
 }
 
 
-def plan_row(name: str):
+def plan_row(name: str, compile_tpu: bool):
     preset, target, overrides = ROWS[name]
     raw = sample_presets.get_config(preset)
     overrides = dict(overrides)
@@ -59,7 +61,9 @@ def plan_row(name: str):
     width, height = (int(v) for v in raw.resolution.split("x"))
     sizes = plan_sizes(specs, config, width, height, frames)
     log = lambda program: print(f"  compiling {program} for {target}", flush=True)
-    plan = memory_plan.whole_run(specs, config, sizes, target, on_compile=log)
+    plan = memory_plan.whole_run(
+        specs, config, sizes, target, on_compile=log, compile_missing=compile_tpu
+    )
     compiler = memory_plan.TARGETS[target].compiler
     if compiler in ("v5e", "v6e"):
         programs = programs_lib.streamed_programs(specs, config, sizes)
@@ -101,6 +105,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"of {list(ROWS)}")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--compile-tpu", action="store_true",
+        help="compile the TPU programs with libtpu (slow); else XLA:CPU figures for those missing",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     names = [n for n in args.rows.split(",") if n]
     unknown = set(names) - set(ROWS)
@@ -111,7 +119,7 @@ def main(argv=None) -> int:
     for name in names:
         start = time.perf_counter()
         print(f"{name}:", flush=True)
-        plans[name] = plan_row(name)
+        plans[name] = plan_row(name, args.compile_tpu)
         print(plans[name].table(), f"({time.perf_counter() - start:.0f} s)", flush=True)
     results = {name: plan.as_dict() for name, plan in plans.items()}
     path = args.out / "results.json"

@@ -62,8 +62,9 @@ def host_device():
 
 def _stash(cache, dtype: str):
     """A tile's cache -> host (numpy) in `dtype`; float32 keeps every bit."""
-    _count(cache)
-    return jax.tree.map(lambda a: np.asarray(jax.device_get(a)).astype(dtype), cache)
+    stashed = jax.tree.map(lambda a: np.asarray(jax.device_get(a)).astype(dtype), cache)
+    _count(stashed)
+    return stashed
 
 
 def _restore(cache):
