@@ -71,6 +71,7 @@ def _smooth(shape, seed):
     return jnp.clip(jax.image.resize(2 * low - 1, shape, "bicubic"), -1, 1)
 
 
+@pytest.mark.slow  # ~25 s on 2 idle cores
 def test_tile_major_encode_and_hybrid_reference_are_bitwise_frame_major():
     config, params = _tiny("wan22")
     image = _smooth((1, 1, 64, 96, 3), 5)[:, 0]
