@@ -251,7 +251,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_children_die_with_a_killed_launcher(tmp_path):
+@pytest.mark.parametrize("victim", ["launcher", "child 1"])
+def test_nothing_outlives_a_killed_launcher_or_child(tmp_path, victim):
+    """SIGKILL of the launcher: its children die with it. SIGKILL of one child: the other
+    stops (its peer watchdog, or the launcher's grace period) and the launcher exits."""
     launcher = subprocess.Popen(
         [sys.executable, "-m", "swifti2v_jax.launch", "--processes", "2", "--", PEER],
         cwd=ROOT, env=_env(tmp_path / "cache"), stdout=subprocess.PIPE,
@@ -265,15 +268,21 @@ def test_children_die_with_a_killed_launcher(tmp_path):
             lines.append(line.rstrip("\n"))
             if line.startswith("launch: process"):
                 pids.append(int(line.split()[-1]))
-        launcher.kill()
+        if victim == "launcher":
+            launcher.kill()
+        else:
+            os.kill(pids[1], signal.SIGKILL)
+        assert len(pids) == 2 and _gone_within([launcher.pid, *pids], 30), "\n".join(lines)
+        lines += launcher.stdout.read().splitlines()
         launcher.wait()
-        assert len(pids) == 2 and _gone_within(pids, 30), "\n".join(lines)
     finally:
         launcher.kill()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
     assert not any("[Gloo]" in line for line in lines), lines  # chatter dropped
+    if victim != "launcher":
+        assert launcher.returncode != 0, lines
 
 
 def test_a_process_whose_peer_died_stops_with_one_line(tmp_path):
