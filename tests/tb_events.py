@@ -27,6 +27,8 @@ def read_events(path: str | os.PathLike) -> list[dict]:
         row = {"step": event.step, "wall_time": event.wall_time}
         if event.file_version:
             row["file_version"] = event.file_version
+        if event.HasField("session_log"):
+            row["session_log"] = event.session_log.status
         row.update({v.tag: v.simple_value for v in event.summary.value})
         events.append(row)
         offset += 16 + length

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from swifti2v_jax import checksums
+from tests import tb_events
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -142,6 +143,10 @@ def test_damaged_checkpoints_fall_back_to_the_newest_intact_step(training_runs):
         assert (root / "damaged" / "checkpoints.skipped" / step).is_dir()
     assert checksums.problem(root / "damaged" / "checkpoints" / "8") is None  # saved again
     assert (root / "damaged" / "model").is_dir()
+    # TensorBoard: a session start at step 4 makes it drop the older files' points from there
+    (events,) = (root / "damaged" / "tb").glob("events.out.tfevents.*")
+    rows = tb_events.read_events(events)
+    assert [(r["step"], r["session_log"]) for r in rows if "session_log" in r] == [(4, 1)]
 
 
 def test_nan_batches_are_skipped_then_stop_the_run_with_a_finite_checkpoint(training_runs):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 from tensorboardX import FileWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 
@@ -21,7 +22,8 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None):
         """resume_step: rows of later steps (logged after the checkpoint the run resumes
-        from) are dropped from metrics.jsonl, so each step appears once."""
+        from) are dropped from metrics.jsonl, so each step appears once; TensorBoard gets a
+        session start at the next step, which makes it purge those points from older files."""
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
@@ -31,6 +33,9 @@ class MetricsWriter:
             drop_rows_after(workdir / "metrics.jsonl", resume_step)
         self._jsonl = open(workdir / "metrics.jsonl", "a")
         self._events = FileWriter(str(workdir / "tb"), flush_secs=10)
+        if resume_step:
+            start = SessionLog(status=SessionLog.START)
+            self._events.add_event(Event(step=resume_step + 1, session_log=start))
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
