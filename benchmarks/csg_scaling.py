@@ -63,10 +63,10 @@ class Setup:
             freq_dim=64, compute_dtype="float32",
         )  # fmt: skip
 
-    def csg_config(self, mode: str) -> csg.CSGConfig:
+    def csg_config(self, mode: str) -> csg.Stage2SamplerConfig:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        return csg.CSGConfig(
+        return csg.Stage2SamplerConfig(
             noisy_blocks=self.noisy_blocks, neighbours=self.neighbours, conditioning="concat",
             end_to_end=mode == "end_to_end", solver="euler", schedule="euler",
             steps=self.steps, shift=5.0, guide_scale=1.0,
@@ -94,7 +94,7 @@ def window_memory_analysis(denoiser: csg.WindowDenoiser, setup: Setup, params, i
     frames = inputs["z_ref"].shape[1]
     window = config.plan(frames)[0]
     blocks, is_noisy = window.as_arrays()
-    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
+    sigmas, timesteps = solvers.as_schedule_arrays(config.sampling_schedule)
     latents = inputs["z_ref"][:, blocks]
     context = inputs["context"]
     # WindowDenoiser exposes no lower(); its jitted function is the program generate() calls.

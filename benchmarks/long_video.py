@@ -149,7 +149,7 @@ def seam_clips():
     for seed in HELD_OUT_SEEDS:
         _, low = procedural.render_pair(seed, 5, 64, 128, factor=4)
         yield seed, jnp.asarray(low[:1]), caption(seed)
-    example = image_io.resize_and_crop(Image.open(EXAMPLE_IMAGE).convert("RGB"), 32, 16)
+    example = image_io.crop_resize(Image.open(EXAMPLE_IMAGE).convert("RGB"), 32, 16)
     yield 0, jnp.asarray(image_io.to_array(example))[None], EXAMPLE_PROMPT
 
 

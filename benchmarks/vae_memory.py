@@ -40,6 +40,7 @@ from benchmarks.vae_memory_cases import (
     tiling_errors,
 )
 from benchmarks.vae_memory_report import write_report
+from swifti2v_jax.models import vae_config
 
 # --------------------------------------------------------------------------------------------
 
@@ -72,9 +73,10 @@ def main(argv=None):
         parser.error(f"--size must be a multiple of 16, got {args.size}")
     frames = [int(f) for f in args.frames.split(",")]
     torch_frames = {int(f) for f in args.diffusers_frames.split(",") if f}
-    bad = [f for f in frames if f % 4 != 1]
-    if bad:
-        parser.error(f"frame counts must be 4k+1, got {bad}")
+    for count in frames:
+        problem = vae_config.frame_count_problem(count, 4)  # the Wan2.2 VAE's stride
+        if problem:
+            parser.error(f"--frames {problem}")
 
     import torch
     from diffusers import AutoencoderKLWan

@@ -62,11 +62,15 @@ def _generate(config, params, csg_config, num_blocks, denoiser=None, on_segment=
 def test_csg_covering_the_clip_equals_end_to_end(solver):
     config, params = _model()
     base = dict(solver=solver, schedule="euler" if solver == "euler" else "unipc", steps=3)
-    e2e = _generate(config, params, csg.CSGConfig(end_to_end=True, **base), 5)
-    covering = _generate(config, params, csg.CSGConfig(noisy_blocks=4, neighbours=1, **base), 5)
+    e2e = _generate(config, params, csg.Stage2SamplerConfig(end_to_end=True, **base), 5)
+    covering = _generate(
+        config, params, csg.Stage2SamplerConfig(noisy_blocks=4, neighbours=1, **base), 5
+    )
     np.testing.assert_array_equal(np.asarray(covering), np.asarray(e2e))
     # Segmenting the same clip is a different computation (sanity: the test can fail).
-    split = _generate(config, params, csg.CSGConfig(noisy_blocks=2, neighbours=1, **base), 5)
+    split = _generate(
+        config, params, csg.Stage2SamplerConfig(noisy_blocks=2, neighbours=1, **base), 5
+    )
     assert np.max(np.abs(np.asarray(split) - np.asarray(e2e))) > 1e-4
 
 
@@ -92,7 +96,7 @@ def test_guidance_is_the_cfg_formula_on_known_velocities():
     uncond = jnp.full_like(context, -0.7)  # velocity offset -0.7 against context[0, 0, 0]
 
     def run(guide_scale, text, negative):
-        denoiser = csg.WindowDenoiser(config, csg.CSGConfig(guide_scale=guide_scale, **base))
+        denoiser = csg.WindowDenoiser(config, csg.Stage2SamplerConfig(guide_scale=guide_scale, **base))
         denoiser.model = _AffineModel(config.out_dim)
         return np.asarray(
             csg.generate(
@@ -141,7 +145,7 @@ def test_read_only_context_ignores_noisy_blocks(attention, context_changes):
 )
 def test_one_compilation_per_run(num_blocks, expected_segments):
     config, params = _model()
-    csg_config = csg.CSGConfig(
+    csg_config = csg.Stage2SamplerConfig(
         noisy_blocks=2, neighbours=1, steps=2, solver="euler", schedule="euler"
     )
     denoiser = csg.WindowDenoiser(config, csg_config)
@@ -162,7 +166,7 @@ def test_one_compilation_per_run(num_blocks, expected_segments):
 
 def test_longer_clip_reuses_the_same_program():
     config, params = _model()
-    csg_config = csg.CSGConfig(
+    csg_config = csg.Stage2SamplerConfig(
         noisy_blocks=2, neighbours=1, steps=1, solver="euler", schedule="euler"
     )
     denoiser = csg.WindowDenoiser(config, csg_config)
@@ -176,10 +180,10 @@ def test_longer_clip_reuses_the_same_program():
 
 def test_refine_mode_uses_plain_model_and_partial_schedule():
     config, params = _model("tiny")
-    csg_config = csg.CSGConfig(
+    csg_config = csg.Stage2SamplerConfig(
         conditioning="refine", sigma_start=0.5, steps=6, solver="euler", schedule="euler", shift=1.0
     )
-    schedule = csg_config.make_schedule()
+    schedule = csg_config.sampling_schedule
     np.testing.assert_allclose(schedule.sigmas, [0.5, 1 / 3, 1 / 6, 0.0], rtol=1e-6)
     # One window over the clip; a stand-in model with v = (x - z_ref) * 1000 / t, which also
     # checks that refine feeds the latents alone (no z_ref channels) with per-block timesteps.
@@ -203,7 +207,7 @@ def test_refine_mode_uses_plain_model_and_partial_schedule():
     np.testing.assert_allclose(out[:, 1:], x, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out[:, 0], np.asarray(z_ref[:, 0]))
     with pytest.raises(ValueError, match="in_dim"):
-        csg.WindowDenoiser(config, csg.CSGConfig(conditioning="concat"))
+        csg.WindowDenoiser(config, csg.Stage2SamplerConfig(conditioning="concat"))
 
 
 @pytest.mark.parametrize("conditioning", ["concat", "refine"])
@@ -212,13 +216,13 @@ def test_noisy_blocks_start_from_noised_z_ref_below_sigma_start_one(conditioning
     """sigma_start < 1 starts noisy blocks at (1 - s0) z_ref + s0 noise in both modes; at 1,
     concat starts from pure noise. A pass-through denoiser exposes the start latents."""
     config, params = _model("tiny_concat" if conditioning == "concat" else "tiny")
-    csg_config = csg.CSGConfig(
+    csg_config = csg.Stage2SamplerConfig(
         conditioning=conditioning, sigma_start=sigma_start, noisy_blocks=4, neighbours=0,
         steps=6, solver="euler", schedule="euler", shift=1.0,
     )  # fmt: skip
     out = _generate(config, params, csg_config, 5, denoiser=lambda p, init, *rest: init)
     z_ref, _, _ = _clip(5)
-    s0 = float(csg_config.make_schedule().sigmas[0])
+    s0 = float(csg_config.sampling_schedule.sigmas[0])
     noise = csg.block_noise(jax.random.key(1), np.arange(1, 5), (1, *HW, 48))
     noised = (1.0 - s0) * z_ref[:, 1:] + s0 * noise
     expected = noise if (conditioning, sigma_start) == ("concat", 1.0) else noised
@@ -232,7 +236,9 @@ def test_neighbours_enter_noised_to_neighbour_sigma():
     the buffer keeps the un-noised generated blocks."""
     config, params = _model()
     sigma = 0.3
-    csg_config = csg.CSGConfig(noisy_blocks=1, neighbours=1, neighbour_sigma=sigma, steps=2)
+    csg_config = csg.Stage2SamplerConfig(
+        noisy_blocks=1, neighbours=1, neighbour_sigma=sigma, steps=2
+    )
     inits = []
 
     def record(p, init, z_ref, window, *rest):
@@ -256,7 +262,7 @@ def test_neighbours_enter_noised_to_neighbour_sigma():
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(timesteps), [[0.0, 300.0, 700.0]], rtol=1e-6)
     with pytest.raises(ValueError, match="neighbour_sigma"):
-        csg.CSGConfig(neighbour_sigma=1.0)
+        csg.Stage2SamplerConfig(neighbour_sigma=1.0)
 
 
 def test_ensemble_is_the_mean_of_its_draws():
@@ -270,7 +276,7 @@ def test_ensemble_is_the_mean_of_its_draws():
     key = jax.random.key(7)
 
     def run(ensemble, key, num_blocks=2):
-        denoiser = csg.WindowDenoiser(config, csg.CSGConfig(ensemble=ensemble, **base))
+        denoiser = csg.WindowDenoiser(config, csg.Stage2SamplerConfig(ensemble=ensemble, **base))
         return csg.generate(denoiser, params, z_ref=z_ref[:, :num_blocks], anchor=anchor,
                             context=context, key=key)  # fmt: skip
 
@@ -280,19 +286,19 @@ def test_ensemble_is_the_mean_of_its_draws():
     np.testing.assert_allclose(np.asarray(run(3, key)[:, 1]), sum(draws) / 3, atol=1e-6)
     assert np.abs(draws[1] - draws[0]).max() > 1e-2  # the draws have their own noise
     with pytest.raises(ValueError, match="ensemble"):
-        csg.CSGConfig(ensemble=0)
+        csg.Stage2SamplerConfig(ensemble=0)
 
 
 def test_bad_config_and_shapes():
     with pytest.raises(ValueError, match="conditioning"):
-        csg.CSGConfig(conditioning="magic")
+        csg.Stage2SamplerConfig(conditioning="magic")
     with pytest.raises(ValueError, match="attention"):
-        csg.CSGConfig(attention="causal")
+        csg.Stage2SamplerConfig(attention="causal")
     config, params = _model()
     z_ref, anchor, context = _clip(4)
     with pytest.raises(ValueError, match="anchor"):
         csg.generate(
-            csg.WindowDenoiser(config, csg.CSGConfig()),
+            csg.WindowDenoiser(config, csg.Stage2SamplerConfig()),
             params,
             z_ref=z_ref,
             anchor=z_ref,

@@ -24,6 +24,7 @@ from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.models.vae_blocks import CONV3D, conv3d_as_frame_taps
 from swifti2v_jax.presets import vae as vae_configs
+from swifti2v_jax.training import experiment
 
 
 @pytest.mark.parametrize("strides, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 2), "VALID")])
@@ -215,7 +216,7 @@ def test_vae_pool_adds_training_photographs_after_the_procedural_clips():
 
 @pytest.mark.smoke
 def test_train_py_exports_the_ema_model(tmp_path):
-    from train import train
+    from swifti2v_jax.training.dit_training import train
 
     config = stage2_configs.get_config("tiny")
     config.num_steps = 3
@@ -226,6 +227,13 @@ def test_train_py_exports_the_ema_model(tmp_path):
     assert DiTConfig.from_dict(fields).in_dim == 96
     meta = checkpoints.read_metadata(tmp_path / "model")
     assert meta["trained_steps"] == 3
+    # the sampling contract beside the model config (csg/contract.py); synthetic data has no
+    # recorded VAE normalisation
+    assert meta["trained_with"] == dict(
+        conditioning="concat", noisy_blocks=config.csg.noisy_blocks,
+        neighbours=config.csg.neighbours, end_to_end=False, text_len=config.text_len,
+        latents_mean=None, latents_std=None,
+    )  # fmt: skip
     # The export is the EMA of the final state (the tiny preset keeps an EMA).
     import orbax.checkpoint as ocp
 
@@ -245,7 +253,7 @@ def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
     with generated latents (the synthetic source has none)."""
     import importlib
 
-    from train import train
+    from swifti2v_jax.training.dit_training import train
 
     config = importlib.import_module(f"configs.demo.{name}").get_config()
     with pytest.raises(ValueError, match="init_checkpoint"):
@@ -267,7 +275,7 @@ def test_demo_stage2_fine_tunes_fail_early_without_their_inputs(name, tmp_path):
 def test_demo_stage1_fine_tunes_are_continuation_fine_tunes(name, tmp_path):
     import importlib
 
-    from train import train
+    from swifti2v_jax.training.dit_training import train
 
     config = importlib.import_module(f"configs.demo.{name}").get_config()
     assert config.loss.max_clean_frames == 3 and config.stage == "stage1"
@@ -312,6 +320,12 @@ def test_demo_dataset_records_follow_the_sampling_reference(tmp_path):
     assert photo_record["caption"].startswith("a photograph")
     info = json.loads((out / "stage1" / "dataset.json").read_text())
     assert info["num_records"] == 3 and info["procedural"]["height"] == 16
+    # the VAE's normalisation, which training copies into the model's contract
+    assert info["latent_statistics"]["latents_std"] == list(vae_config.latents_std)
+    config = stage2_configs.get_config("tiny")
+    config.data.path = str(out / "stage2")
+    _, data_info = experiment.make_source(config)
+    assert experiment.trained_with(config, data_info).latents_mean == tuple(vae_config.latents_mean)
     with pytest.raises(ValueError, match="not empty"):
         demo_dataset.build(
             tmp_path / "random" / "vae", tmp_path / "random", out, num_clips=1, frames=5,

@@ -154,6 +154,11 @@ def _bad_cases(space: Path) -> dict[str, tuple[list[str], int, str]]:
             1,
             "smaller than the Stage I size",
         ),
+        "sample_contradicts_the_trained_window": (  # csg/contract.py
+            _sample("--config.stage2.noisy_blocks=2", "--output", video),
+            1,
+            "was trained with noisy_blocks=1 but the preset sets stage2.noisy_blocks=2",
+        ),
         "train_unknown_field": (
             _train(stage2, "--workdir", out / "wd", "--config.nope=1"),
             2,
@@ -219,6 +224,7 @@ def bad_runs(space):
         "sample_bad_preset",
         "sample_resolution_136",
         "sample_1x1_image",
+        "sample_contradicts_the_trained_window",
         "train_unknown_field",
         "train_missing_config",
         "train_workdir_is_a_file",

@@ -48,10 +48,10 @@ def test_metric_input_errors():
 
 
 def test_segment_frames_cover_the_clip_once():
-    config = csg.CSGConfig(noisy_blocks=1, neighbours=1)
+    config = csg.Stage2SamplerConfig(noisy_blocks=1, neighbours=1)
     frames = demo_quality.segment_frames(config, 5, 4)
     assert frames == [list(range(1, 9)), list(range(9, 13)), list(range(13, 17))]
-    config = csg.CSGConfig(noisy_blocks=2, neighbours=1)
+    config = csg.Stage2SamplerConfig(noisy_blocks=2, neighbours=1)
     flat = [f for seg in demo_quality.segment_frames(config, 9, 4) for f in seg]
     assert flat == list(range(1, 33))
 

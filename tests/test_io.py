@@ -32,26 +32,26 @@ def _three_bands(width: int, height: int, vertical: bool = False) -> Image.Image
     "source, target",
     [((400, 100), (64, 64)), ((100, 400), (64, 32)), ((30, 20), (128, 96)), ((64, 32), (64, 32))],
 )
-def test_resize_and_crop_sizes(source, target):
-    out = image_io.resize_and_crop(_three_bands(*source), *target)
+def test_crop_resize_sizes(source, target):
+    out = image_io.crop_resize(_three_bands(*source), *target)
     assert out.size == target
 
 
-def test_resize_and_crop_keeps_the_centre_of_a_wide_image():
+def test_crop_resize_keeps_the_centre_of_a_wide_image():
     # 300x100 -> 64x64: scaled to 192x64, the middle 64 columns (the green band) remain.
-    out = np.asarray(image_io.resize_and_crop(_three_bands(300, 100), 64, 64)).astype(int)
+    out = np.asarray(image_io.crop_resize(_three_bands(300, 100), 64, 64)).astype(int)
     assert out.shape == (64, 64, 3)
     assert (out[:, 4:-4, 1] > 200).all() and (out[:, 4:-4, 0] < 60).all()
 
 
-def test_resize_and_crop_keeps_the_centre_of_a_tall_image():
-    out = np.asarray(image_io.resize_and_crop(_three_bands(100, 300, True), 64, 64)).astype(int)
+def test_crop_resize_keeps_the_centre_of_a_tall_image():
+    out = np.asarray(image_io.crop_resize(_three_bands(100, 300, True), 64, 64)).astype(int)
     assert (out[4:-4, :, 1] > 200).all() and (out[4:-4, :, 2] < 60).all()
 
 
-def test_resize_and_crop_keeps_everything_when_the_aspect_matches():
+def test_crop_resize_keeps_everything_when_the_aspect_matches():
     # Same aspect: no crop, the three bands survive in order.
-    out = np.asarray(image_io.resize_and_crop(_three_bands(300, 100), 96, 32)).astype(int)
+    out = np.asarray(image_io.crop_resize(_three_bands(300, 100), 96, 32)).astype(int)
     assert out[16, 10, 0] > 200 and out[16, 48, 1] > 200 and out[16, 85, 2] > 200
 
 
@@ -269,9 +269,9 @@ def test_check_output_path(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.mp4", "file"]
 
 
-def test_fit_note_describes_what_resize_and_crop_does():
+def test_fit_note_describes_what_crop_resize_does():
     image = Image.new("RGB", (512, 512))
-    fitted = image_io.resize_and_crop(image, 128, 64)
+    fitted = image_io.crop_resize(image, 128, 64)
     assert fitted.size == (128, 64)
     note = image_io.fit_note(image.size, 128, 64)
     assert (

@@ -98,3 +98,36 @@ def test_sections_from_dataclass_defaults_round_trip_and_keep_types():
         section.decay_steps = "soon"
     with pytest.raises(TypeError):
         section.learning_rate = "fast"
+
+
+def test_sample_presets_state_only_what_differs_from_the_dataclass_defaults():
+    """Each sampler default is stated once, in its dataclass: the base every sample preset
+    starts from holds exactly the dataclasses' fields and defaults, so a field a preset does
+    not override is the dataclass default."""
+    import dataclasses
+
+    from swifti2v_jax import config_fields
+    from swifti2v_jax.presets import sample as sample_presets
+    from swifti2v_jax.sampling import config as sampling_config
+
+    defaults = sampling_config.PipelineConfig()
+    base = sample_presets.get_config(sample_presets.DEFAULT)
+    base_pipeline = sampling_config.pipeline_config(sample_presets._base())
+    for field in dataclasses.fields(defaults):
+        value = getattr(base_pipeline, field.name)
+        if field.name == "attention_backend":
+            value = value or None  # '' on the command line is the dataclass's None
+        if dataclasses.is_dataclass(value):
+            for inner in dataclasses.fields(value):
+                want = getattr(getattr(defaults, field.name), inner.name)
+                got = getattr(value, inner.name)
+                assert got == want, f"base {field.name}.{inner.name}: {got!r} != {want!r}"
+        elif field.name != "text_cache_dir":  # '' means sample.py's cache folder there
+            assert value == getattr(defaults, field.name), field.name
+    for name in sample_presets.PRESETS:
+        config = sample_presets.get_config(name)
+        for section in ("stage1", "stage2", "memory"):
+            dataclass_fields = config_fields.to_fields(getattr(defaults, section))
+            assert set(config[section]) == set(dataclass_fields), (name, section)
+        sampling_config.pipeline_config(config)  # and every preset is valid
+    assert base.preset == "demo"

@@ -1,4 +1,4 @@
-"""Weight-only int8/fp8 DiT (models/quant.py) and layer streaming (models/streaming.py)."""
+"""Weight-only int8/fp8 DiT (models/quant.py) and layer streaming (models/layer_streaming.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from benchmarks import quant_error
 from configs import dit as dit_presets
 from swifti2v_jax import checkpoints
-from swifti2v_jax.models import dit, quant, streaming
+from swifti2v_jax.models import dit, layer_streaming, quant
 from swifti2v_jax.training import experiment
 from swifti2v_jax.training import state as state_lib
 
@@ -209,11 +209,11 @@ def test_layer_streaming_equals_resident_weights(fmt):
     params = quant.quantize_params(_params(config), fmt)
     inputs = _inputs(config)
     resident = _forward(config, jax.device_put(params), inputs)
-    placed = streaming.place(params)
+    placed = layer_streaming.place(params)
     packed = {"native": "kernel", "int8": "qkernel__u32_int8", "fp8": "qkernel__u32_float8_e4m3fn"}
     leaf = placed["blocks"]["ffn_0"][packed[fmt]]
-    assert leaf.sharding.memory_kind == streaming.HOST
-    assert jax.tree.leaves(placed["head"])[0].sharding.memory_kind != streaming.HOST
+    assert leaf.sharding.memory_kind == layer_streaming.HOST
+    assert jax.tree.leaves(placed["head"])[0].sharding.memory_kind != layer_streaming.HOST
     streamed = _forward(config.replace(stream_layers=True), placed, inputs)
     np.testing.assert_array_equal(streamed, resident)
     # The lowered program takes the stack in host memory and moves layers inside the loop.
@@ -237,7 +237,7 @@ def test_pipeline_memory_options_load_quantized_and_streamed(tmp_path):
     loaded = residency.load(tmp_path / "m", "dit", "int8", stream=True)
     assert quant.weight_format(jax.device_get(loaded)) == "native"  # packed: no qkernel name
     packed = loaded["blocks"]["ffn_0"]["qkernel__u32_int8"]
-    assert packed.sharding.memory_kind == streaming.HOST and packed.dtype == jnp.uint32
+    assert packed.sharding.memory_kind == layer_streaming.HOST and packed.dtype == jnp.uint32
     resident = residency.load(tmp_path / "m", "dit", "int8")
     assert quant.weight_format(resident) == "int8"
     with pytest.raises(config_lib.PipelineError, match="dit_weights"):

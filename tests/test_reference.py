@@ -49,7 +49,7 @@ def vae_dir():
 class RecordingDenoiser:
     """Stands in for stage2.WindowDenoiser: records what the sampler feeds each window."""
 
-    def __init__(self, config: stage2.CSGConfig):
+    def __init__(self, config: stage2.Stage2SamplerConfig):
         self.config, self.calls = config, []
 
     def __call__(self, params, latents, z_ref, window, context, uncond, schedule):
@@ -93,7 +93,7 @@ def test_preparation_loader_and_sampling_build_the_same_reference_and_windows(va
 
     # The windows: what the sampler hands its denoiser vs what the loader cuts out.
     num_blocks = z_ref.shape[1]
-    csg_config = stage2.CSGConfig(noisy_blocks=1, neighbours=1, steps=1, solver="euler")
+    csg_config = stage2.Stage2SamplerConfig(noisy_blocks=1, neighbours=1, steps=1, solver="euler")
     denoiser = RecordingDenoiser(csg_config)
     context = jnp.zeros((1, TEXT_LEN, TEXT_DIM))
     stage2.generate(
@@ -190,7 +190,7 @@ def test_stage1_partial_denoise_with_an_exact_velocity_recovers_the_low_res_clip
 
 
 def test_one_window_layout_for_sampling_and_training():
-    sampler = stage2.CSGConfig(noisy_blocks=2, neighbours=1, end_to_end=False)
+    sampler = stage2.Stage2SamplerConfig(noisy_blocks=2, neighbours=1, end_to_end=False)
     spec = loader.WindowSpec(noisy_blocks=2, neighbours=1)
     assert isinstance(sampler, layout.WindowLayout) and isinstance(spec, layout.WindowLayout)
     assert sampler.plan(9) == spec.plan(9) == layout.plan_segments(9, 2, 1)

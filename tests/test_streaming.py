@@ -150,7 +150,7 @@ class MixingDenoiser:
     """A cheap stand-in for the window program that mixes every block of the window, so a
     wrong neighbour, reference or position changes the result."""
 
-    def __init__(self, config: stage2.CSGConfig):
+    def __init__(self, config: stage2.Stage2SamplerConfig):
         self.config = config
 
     def __call__(self, params, latents, z_ref, window, context, uncond, schedule):
@@ -163,7 +163,7 @@ class MixingDenoiser:
 def test_segment_stream_any_grouping_equals_generate_and_holds_one_window(
     neighbour_sigma, ensemble
 ):
-    config = stage2.CSGConfig(
+    config = stage2.Stage2SamplerConfig(
         noisy_blocks=2, neighbours=2, steps=1, solver="euler", schedule="euler",
         sigma_start=0.8, neighbour_sigma=neighbour_sigma, ensemble=ensemble,
     )  # fmt: skip
@@ -175,7 +175,7 @@ def test_segment_stream_any_grouping_equals_generate_and_holds_one_window(
     whole = stage2.generate(denoiser, None, z_ref=z_ref, **inputs)
     window = config.window_size(blocks)
     for groups in ([1] * blocks, [4, 1, 7, 11], [blocks]):
-        stream = stage2.SegmentStream(denoiser, None, num_blocks=blocks, **inputs)
+        stream = stage2.SegmentRunner(denoiser, None, num_blocks=blocks, **inputs)
         parts, start = [anchor], 0
         for size in groups:
             parts += [r.latents for r in stream.push(z_ref[:, start : start + size])]
@@ -185,7 +185,7 @@ def test_segment_stream_any_grouping_equals_generate_and_holds_one_window(
         assert stream.done
         np.testing.assert_array_equal(np.asarray(jnp.concatenate(parts, 1)), np.asarray(whole))
     with pytest.raises(ValueError, match="more z_ref blocks"):
-        list(stage2.SegmentStream(denoiser, None, num_blocks=3, **inputs).push(z_ref[:, :4]))
+        list(stage2.SegmentRunner(denoiser, None, num_blocks=3, **inputs).push(z_ref[:, :4]))
 
 
 def test_hybrid_reference_encoder_any_grouping_is_exact(ti2v_root):

@@ -483,7 +483,7 @@ def test_learning_rate_schedule():
 
 
 def test_bad_configs_fail_early(tmp_path):
-    from train import train
+    from swifti2v_jax.training.dit_training import train
 
     config = stage2.get_config("tiny")
     config.model = "tiny"  # 48 input channels cannot take concat conditioning
@@ -518,8 +518,8 @@ def test_stage1_lora_tiny_on_prepared_data(tmp_path):
     shards written by prepare.py (stand-in encoders, tiny videos): the whole path minus the
     real VAE/T5 (tests/test_data.py runs those)."""
     from swifti2v_jax.data import prepare
+    from swifti2v_jax.training.dit_training import train
     from tests.test_data import CLIP, TEXT_LEN, fake_encoders, write_video
-    from train import train
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -29,10 +29,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 from configs import stage1_lora, stage2  # noqa: E402
 from swifti2v_jax.models import dit  # noqa: E402
-from swifti2v_jax.training import experiment, optim, sharding  # noqa: E402
+from swifti2v_jax.training import dit_training, experiment, sharding  # noqa: E402
 from swifti2v_jax.training import loss as loss_lib  # noqa: E402
 from swifti2v_jax.training import state as state_lib  # noqa: E402
-from swifti2v_jax.training import step as step_lib  # noqa: E402
 
 STEPS = 3
 OVERFIT_STEPS = 150
@@ -45,44 +44,26 @@ def batches(config, count):
     return [next(iterator) for _ in range(count)]
 
 
-def run(config, num_devices, fsdp, host_batches, parameters, initial, overfit_steps=0, data_size=1):
+def run(config, num_devices, fsdp, host_batches, parameters, overfit_steps=0, data_size=1):
     config = config.copy_and_resolve_references()
     config.mesh.fsdp = fsdp
-    model_config = experiment.model_config(config)
-    opt_config = experiment.optimizer_config(config)
-    optimizer = optim.make_optimizer(opt_config, config.num_steps)
-    mesh = sharding.make_mesh(num_devices, fsdp, data_size)
-    create = lambda p: state_lib.create_state(p, optimizer, config.seed, opt_config.ema_decay > 0)
-    abstract = jax.eval_shape(create, parameters.abstract_trainable)
-    specs = step_lib.state_specs_for(abstract, mesh, fsdp, config.mesh.fsdp_min_size)
-    frozen_specs = sharding.tree_specs(parameters.frozen, mesh, fsdp, config.mesh.fsdp_min_size)
-    frozen = experiment.place(parameters.frozen, frozen_specs, mesh)
-    params = experiment.place(initial, specs.params, mesh)
-    state = jax.jit(create, out_shardings=sharding.shardings(specs, mesh))(params)
-    train_step = step_lib.make_train_step(
-        model_config=model_config,
-        loss_config=experiment.loss_config(config),
-        optimizer=optimizer,
-        grad_clip=opt_config.grad_clip,
-        ema_decay=opt_config.ema_decay,
-        mesh=mesh,
-        state_specs=specs,
-        frozen_specs=frozen_specs,
-        compose=parameters.compose,
+    program = dit_training.build_program(
+        config, sharding.make_mesh(num_devices, fsdp, data_size), parameters
     )
+    state = program.init_state()
     losses, norms = [], []
     for host_batch in host_batches:
-        state, metrics = train_step(state, sharding.global_batch(host_batch, mesh), frozen)
+        state, metrics = program.train_step(state, host_batch)
         losses.append(float(metrics["loss"]))
         norms.append(float(metrics["grad_norm"]))
     host_state = jax.tree.map(np.asarray, jax.device_get(state))
     # Overfitting: the same first batch again and again (the compiled step is reused).
-    fixed = sharding.global_batch(host_batches[0], mesh)
     overfit = []
     for _ in range(overfit_steps):
-        state, metrics = train_step(state, fixed, frozen)
+        state, metrics = program.train_step(state, host_batches[0])
         overfit.append(float(metrics["loss"]))
-    sharded = sum(1 for s in jax.tree.leaves(specs.params) if sharding.sharded_axis(s) is not None)
+    specs = jax.tree.leaves(program.state_specs.params)
+    sharded = sum(1 for s in specs if sharding.sharded_axis(s) is not None)
     return losses, norms, host_state, sharded, overfit
 
 
@@ -123,11 +104,11 @@ def compare(config, host_batches, with_dp: bool = True, overfit_steps: int = 0):
     """1 device vs 8 devices data-parallel (optional) vs 8 devices FSDP."""
     parameters = experiment.make_parameters(config, experiment.model_config(config))
     initial = parameters.load_trainable()
-    runs = {"1": run(config, 1, False, host_batches, parameters, initial, overfit_steps)}
+    runs = {"1": run(config, 1, False, host_batches, parameters, overfit_steps)}
     if with_dp:
-        runs["dp8"] = run(config, 8, False, host_batches, parameters, initial)
-    runs["fsdp8"] = run(config, 8, True, host_batches, parameters, initial)
-    runs["mesh2x4"] = run(config, 8, True, host_batches, parameters, initial, data_size=2)
+        runs["dp8"] = run(config, 8, False, host_batches, parameters)
+    runs["fsdp8"] = run(config, 8, True, host_batches, parameters)
+    runs["mesh2x4"] = run(config, 8, True, host_batches, parameters, data_size=2)
     out = {"fsdp_sharded_leaves": runs["fsdp8"][3], "overfit_losses": runs["1"][4]}
     for name, (losses, norms, final, _, _) in runs.items():
         out[f"loss_{name}"], out[f"grad_norm_{name}"] = losses, norms
@@ -150,41 +131,10 @@ def lower_ti2v_5b(attention_backend=None):
     a 2K window (W = 5 blocks of 88 x 160 latents). Returns the state bytes per device."""
     config = stage2.get_config("ti2v_5b")
     config.model_overrides.attention_backend = attention_backend
-    model_config = experiment.model_config(config)
-    opt_config = experiment.optimizer_config(config)
-    optimizer = optim.make_optimizer(opt_config, config.num_steps)
-    mesh = sharding.make_mesh(8, fsdp=True)
-    create = lambda p: state_lib.create_state(p, optimizer, 0, True)
-    abstract = jax.eval_shape(create, dit.abstract_params(model_config))
-    specs = step_lib.state_specs_for(abstract, mesh, True, config.mesh.fsdp_min_size)
-    placed = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract,
-        sharding.shardings(specs, mesh),
-    )
-    window, batch_size = 5, 8
-    batch_sharding = sharding.batch_sharding(mesh)
-    shapes = {
-        "latents": ((batch_size, window, 88, 160, 48), jnp.float32),
-        "reference": ((batch_size, window, 88, 160, 48), jnp.float32),
-        "positions": ((batch_size, window), jnp.int32),
-        "is_noisy": ((batch_size, window), jnp.bool_),
-        "context": ((batch_size, 512, 4096), jnp.float32),
-    }
-    batch = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-        for k, (shape, dtype) in shapes.items()
-    }
-    train_step = step_lib.make_train_step(
-        model_config=model_config,
-        loss_config=experiment.loss_config(config),
-        optimizer=optimizer,
-        grad_clip=opt_config.grad_clip,
-        ema_decay=opt_config.ema_decay,
-        mesh=mesh,
-        state_specs=specs,
-    )
-    train_step.lower(placed, batch, {})
+    program = dit_training.build_program(config, sharding.make_mesh(8, fsdp=True))
+    batch = dit_training.abstract_batch(program, 8, window=5, latent_hw=(88, 160), text_len=512)
+    program.step.lower(program.abstract_state, batch, program.frozen)
+    abstract, specs = program.abstract_state, program.state_specs
 
     def nbytes(tree, spec_tree):
         total = 0

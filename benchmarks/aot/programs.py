@@ -22,9 +22,7 @@ from configs import t5 as t5_presets
 from configs import vae as vae_presets
 from swifti2v_jax.models import dit, t5, vae, vae_chunks
 from swifti2v_jax.models.partitioning import DATA, FSDP
-from swifti2v_jax.training import experiment, optim, sharding
-from swifti2v_jax.training import state as state_lib
-from swifti2v_jax.training import step as step_lib
+from swifti2v_jax.training import dit_training, experiment
 
 WINDOW_BLOCKS = 5
 LATENT_2K = (88, 160)  # 1408 x 2560 pixels through the Wan2.2 VAE (16x)
@@ -51,46 +49,22 @@ def stage2_config(**model_overrides):
 def train_step(target: str, data_size: int = 1, **model_overrides):
     """The 5B Stage II train step of the shipped config: batch_per_device 2K windows per chip."""
     config = stage2_config(**model_overrides)
-    model_config = experiment.model_config(config)
     mesh = tpu.mesh(target, data_size)
-    opt_config = experiment.optimizer_config(config)
-    optimizer = optim.make_optimizer(opt_config, config.num_steps)
-    create = lambda p: state_lib.create_state(p, optimizer, config.seed, opt_config.ema_decay > 0)
-    abstract = jax.eval_shape(create, dit.abstract_params(model_config))
-    specs = step_lib.state_specs_for(abstract, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
-    state = jax.tree.map(
-        lambda a, s: _struct(a.shape, a.dtype, s), abstract, sharding.shardings(specs, mesh)
-    )
     experiment.resolve_batch_size(config, mesh)
-    batch_size = config.batch_size
+    program = dit_training.build_program(config, mesh)
     h, w = LATENT_2K
-    channels = model_config.out_dim
-    on_batch = sharding.batch_sharding(mesh)
-    batch = {
-        "latents": _struct((batch_size, WINDOW_BLOCKS, h, w, channels), jnp.float32, on_batch),
-        "reference": _struct((batch_size, WINDOW_BLOCKS, h, w, channels), jnp.float32, on_batch),
-        "positions": _struct((batch_size, WINDOW_BLOCKS), jnp.int32, on_batch),
-        "is_noisy": _struct((batch_size, WINDOW_BLOCKS), jnp.bool_, on_batch),
-        "context": _struct((batch_size, TEXT_LEN, model_config.text_dim), jnp.float32, on_batch),
-    }
-    step = step_lib.make_train_step(
-        model_config=model_config,
-        loss_config=experiment.loss_config(config),
-        optimizer=optimizer,
-        grad_clip=opt_config.grad_clip,
-        ema_decay=opt_config.ema_decay,
-        mesh=mesh,
-        state_specs=specs,
+    batch = dit_training.abstract_batch(
+        program, config.batch_size, WINDOW_BLOCKS, LATENT_2K, TEXT_LEN
     )
     about = {
         "model": config.model,
-        "remat": model_config.remat,
-        "attention": model_config.attention_backend,
+        "remat": program.model_config.remat,
+        "attention": program.model_config.attention_backend,
         "mesh": dict(mesh.shape),
-        "global_batch": batch_size,
+        "global_batch": config.batch_size,
         "tokens_per_window": WINDOW_BLOCKS * (h // 2) * (w // 2),
     }
-    return step, (state, batch, {}), about
+    return program.step, (program.abstract_state, batch, program.frozen), about
 
 
 def _forward(model_config, mesh, frames: int, latent_hw, text_len: int = TEXT_LEN):
@@ -129,7 +103,7 @@ def a14b_forward(target: str, frames: int = 81, width: int = 640, height: int = 
     model_config = dit.DiTConfig.from_dict(dit_presets.get_config("i2v_a14b").to_dict()).replace(
         param_dtype="bfloat16", attention_backend="splash"
     )
-    latent_frames = (frames - 1) // 4 + 1
+    latent_frames = vae.num_latent_frames(vae.as_config(vae_presets.get_config("wan21")), frames)
     latent_hw = (height // 8, width // 8)
     fn, args = _forward(model_config, _one_chip(target), latent_frames, latent_hw)
     tokens = latent_frames * (latent_hw[0] // 2) * (latent_hw[1] // 2)

@@ -5,7 +5,7 @@
     python -m benchmarks.aot.single_chip --report              # results.md from results.json
 
 The preset's device programs: the Stage I I2V-A14B expert forward (int8 weights streamed from
-host memory layer by layer, models/streaming.py), the Stage II 2K window forward (TI2V-5B,
+host memory layer by layer, models/layer_streaming.py), the Stage II 2K window forward (TI2V-5B,
 int8, resident), and the Wan2.2 VAE programs of benchmarks/aot/programs.py at the preset's
 tile sizes (the streaming decode step on one tile; the tiled encode's chunk scan over one
 tile of the 81-frame clip; `vae_encode` is the untiled 2K encode step, for comparison).
@@ -29,8 +29,9 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks.aot import programs, tpu
 from configs import dit as dit_presets
-from swifti2v_jax.models import dit, quant, streaming
+from swifti2v_jax.models import dit, layer_streaming, quant, vae
 from swifti2v_jax.presets import sample as sample_presets
+from swifti2v_jax.presets import vae as vae_presets
 
 DEFAULT_OUT = Path("benchmarks/results/aot_24gb")
 # One chip: libtpu only builds topologies that divide its 2x2x1 host bounds, so a single chip
@@ -52,7 +53,7 @@ def dit_forward(preset: str, latent_frames: int, latent_hw, weights: str, stream
         lambda: quant.quantize_params(dit.init_params(config, jax.random.key(0)), weights)
     )
     if stream:
-        params = streaming.abstract(abstract, on_chip)
+        params = layer_streaming.abstract(abstract, on_chip)
     else:
         params = jax.tree.map(lambda a: programs._struct(a.shape, a.dtype, on_chip), abstract)
     h, w = latent_hw
@@ -80,7 +81,8 @@ def dit_forward(preset: str, latent_frames: int, latent_hw, weights: str, stream
 
 
 def stage1_expert(target: str, stream: bool = True):
-    latent_frames = (STAGE1_FRAMES - 1) // 4 + 1
+    wan21 = vae_presets.config("wan21")
+    latent_frames = vae.num_latent_frames(wan21, STAGE1_FRAMES)
     latent_hw = (STAGE1_HW[0] // 8, STAGE1_HW[1] // 8)  # Wan2.1 VAE, 8x
     return dit_forward("i2v_a14b", latent_frames, latent_hw, "int8", stream, target)
 

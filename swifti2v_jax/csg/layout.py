@@ -11,7 +11,7 @@ than M left) takes more clean neighbours: the window size, hence the compiled pr
 changes. Clips shorter than a window (T < W) are one window of T blocks.
 
 `WindowLayout` (M, N, end_to_end) is the one type that says how a clip is cut into windows;
-the sampler config (sampling/stage2.CSGConfig) and the training loader's spec
+the sampler config (sampling/stage2.Stage2SamplerConfig) and the training loader's spec
 (data/loader.WindowSpec) both extend it, so sampling and training cannot disagree.
 """
 

@@ -157,8 +157,7 @@ def encode_hybrid_reference(
     config = vae_lib.as_config(vae_config)
     step = vae_lib.temporal_factor(config)
     frames = video_low.shape[1]
-    if (frames - 1) % step:
-        raise ValueError(f"video_low needs {step}k+1 frames, got {frames}")
+    vae_lib.check_frame_count(frames, step, "video_low's frame count")
     encoder = HybridReferenceEncoder(vae_params, config, image, tiles)
     latents = [encoder.push(video_low[:, :1])]
     if on_chunk is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swifti2v_jax.csg import reference
+from swifti2v_jax.csg import contract, reference
 from swifti2v_jax.data import records, videos
 
 
@@ -31,6 +31,8 @@ class Encoders:
     spatial_factor: int = 16
     encode_reference: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     batch: int = 1  # clips per encode_video / encode_reference call
+    # The VAE's normalisation, recorded in dataset.json (csg/contract.py latent_statistics)
+    latent_statistics: dict | None = None
 
     def reference(self, video_low: np.ndarray, image: np.ndarray) -> np.ndarray:
         if self.encode_reference is not None:
@@ -114,6 +116,7 @@ def build_encoders(
         spatial_factor=vae.spatial_factor(vae_config),
         encode_reference=encode_reference,
         batch=_local_device_count(),
+        latent_statistics=contract.latent_statistics(vae_config),
     )
 
 

@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from swifti2v_jax import leftovers
-from swifti2v_jax.csg import degradation
+from swifti2v_jax.csg import contract, degradation
 from swifti2v_jax.data import records, shards, videos
 from swifti2v_jax.data.encoders import Encoders, build_encoders
+from swifti2v_jax.models import vae_config
 
 REFERENCE_KINDS = ("synthetic", "precomputed", "none")
 DATASET_FILE = "dataset.json"
@@ -50,10 +51,7 @@ class ClipSpec:
     frame_stride: int = 1
 
     def validate(self, temporal_factor: int = 4, spatial_factor: int = 16) -> None:
-        if self.num_frames < 1 or self.num_frames % temporal_factor != 1 % temporal_factor:
-            raise ValueError(
-                f"num_frames must be {temporal_factor}k+1 for the VAE, got {self.num_frames}"
-            )
+        vae_config.check_frame_count(self.num_frames, temporal_factor, "num_frames")
         if self.height % spatial_factor or self.width % spatial_factor or self.height < 1:
             raise ValueError(
                 f"height and width must be positive multiples of {spatial_factor}, "
@@ -238,6 +236,8 @@ def prepare(
     reference = reference or ReferenceSpec()
     start, report, out_dir = time.time(), PrepareReport(), Path(out_dir)
     info = {"clip": dataclasses.asdict(clip_spec), "reference": dataclasses.asdict(reference)}
+    if encoders.latent_statistics is not None:
+        info[contract.DATASET_KEY] = encoders.latent_statistics
     job = {"videos": [p.name for p in paths], "records_per_shard": records_per_shard,
            "dtype": dtype, "seed": seed, **info}  # fmt: skip
     shards.start_job(out_dir, job, overwrite)

@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swifti2v_jax.models import vae_config
+
+FRAME_STRIDE = 4  # clips are 4k+1 frames, the Wan VAEs' rule (models/vae_config.py)
 MAX_DISCS = 3
 MAX_PATCHES = 4
 BACKGROUND_OCTAVES = 6
@@ -270,8 +273,7 @@ def render_pair(
 
 def pair_from(render_fn, frames, height, width, factor, supersample):
     """Renders at `supersample` x the size, box-downsamples to high res, then by `factor`."""
-    if (frames - 1) % 4:
-        raise ValueError(f"frames must be 4k+1, got {frames}")
+    vae_config.check_frame_count(frames, FRAME_STRIDE)
     if height % factor or width % factor:
         raise ValueError(f"size {height}x{width} is not divisible by the factor {factor}")
     high = box_downsample(render_fn(frames, height * supersample, width * supersample), supersample)

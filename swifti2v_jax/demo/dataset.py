@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swifti2v_jax import checkpoints, text
-from swifti2v_jax.csg import reference
+from swifti2v_jax.csg import contract, reference
 from swifti2v_jax.data import photos, prepare, procedural, records
 from swifti2v_jax.models import vae
 from swifti2v_jax.models.dit import DiTConfig
@@ -187,7 +187,8 @@ def build(
                 width=width if stage == "stage2" else width // factor,
                 vae=str(vae_dir), encode_seconds=round(seconds, 1),
                 stage1_references=None if stage1_references is None else str(stage1_references),
-            )
+            ),
+            contract.DATASET_KEY: contract.latent_statistics(vae_config),
         }  # fmt: skip
         reports[stage] = prepare.write_dataset(
             out_dir / stage, iter(per_stage[stage]), report, records_per_shard=total,

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     if args.image:
         # As sample.py fits it (cover the frame, crop the centre), so a photo is not squashed.
         height, width = video.shape[1:3]
-        fitted = image_io.resize_and_crop(Image.open(args.image).convert("RGB"), width, height)
+        fitted = image_io.crop_resize(Image.open(args.image).convert("RGB"), width, height)
         image = np.asarray(fitted)
     try:
         strip = frame_strip(video, image, args.frames)

@@ -6,7 +6,7 @@ transparent images (RGBA, LA, palette with transparency) are composited on white
 integer and float images are refused (the conversion to 8 bits would be a guess). Every
 failure is an `ImageError` with one line that says what to do.
 
-`resize_and_crop` scales an image to cover the target size (Lanczos) and crops the centre,
+`crop_resize` scales an image to cover the target size (Lanczos) and crops the centre,
 like the official Wan2.2 TI2V image-to-video preprocessing. `best_output_size` picks an
 output size with the image's aspect ratio, mirroring Wan's `best_output_size`.
 """
@@ -96,7 +96,7 @@ def _short(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def resize_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+def crop_resize(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scales `image` (Lanczos) so it covers width x height, then crops the centre."""
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
@@ -131,7 +131,7 @@ def check_large_enough(
 
 
 def fit_note(size: tuple[int, int], width: int, height: int) -> str | None:
-    """What `resize_and_crop` does to an image of `size` for width x height, as one line for
+    """What `crop_resize` does to an image of `size` for width x height, as one line for
     the log, when it changes the picture: a centre crop (part of it is cut away) or an
     upscale (detail is invented). None for a plain downscale, the normal case."""
     src_w, src_h = size

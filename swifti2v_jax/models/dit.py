@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from swifti2v_jax.models import layers, partitioning, quant, streaming
+from swifti2v_jax.models import layer_streaming, layers, partitioning, quant
 
 # Rematerialisation of each DiT block in training (configs/stage2.py `model_overrides.remat`):
 #   none       save every activation (small models only);
@@ -59,7 +59,7 @@ class DiTConfig:
     attention_backend: str = "chunked"
     scan_layers: bool = True
     remat: str = "none"
-    # Layer streaming (models/streaming.py): the stacked block weights stay in host memory and
+    # Layer streaming (models/layer_streaming.py): the stacked block weights stay in host memory and
     # each layer is copied to the device inside the layer scan (a memory option for sampling).
     stream_layers: bool = False
 
@@ -290,7 +290,7 @@ def apply_blocks(cfg: DiTConfig, stacked, x, e0, text, rope, frame_mask):
     def body(h, layer):
         h = partitioning.constrain_batch(h)
         if cfg.stream_layers:  # this layer only: host -> device, inside the loop
-            layer = streaming.to_device(layer)
+            layer = layer_streaming.to_device(layer)
         layer = jax.tree_util.tree_map_with_path(
             lambda path, p: p.astype(dtype) if path[-1].key == "kernel" else p, layer
         )

@@ -139,6 +139,28 @@ def temporal_factor(config) -> int:
     return 2 ** sum(as_config(config).temporal_downsample)
 
 
+def frame_count_problem(frames: int, stride: int, min_latents: int = 1) -> str | None:
+    """The one frame-count rule: a causal VAE of temporal `stride` t encodes t*k + 1 frames
+    (frame 0 alone, then t per latent frame), k + 1 >= `min_latents`. None if `frames` obeys
+    it, else the reason (to follow the quantity's name) with the nearest count that does."""
+    least = (min_latents - 1) * stride + 1
+    if frames >= least and (frames - 1) % stride == 0:
+        return None
+    bound = f" with k >= {min_latents - 1}" if min_latents > 1 else ""
+    nearest = max(least, (frames - 1) // stride * stride + 1)
+    return (
+        f"must be {stride}k+1{bound} for the VAE's temporal stride {stride} "
+        f"({least}, {least + stride}, ...), got {frames}; try {nearest}"
+    )
+
+
+def check_frame_count(frames: int, stride: int, what: str = "frames") -> None:
+    """ValueError unless `frames` obeys `frame_count_problem`'s rule."""
+    problem = frame_count_problem(frames, stride)
+    if problem:
+        raise ValueError(f"{what} {problem}")
+
+
 def num_latent_frames(config, num_frames: int) -> int:
     return (num_frames - 1) // temporal_factor(config) + 1
 
@@ -170,12 +192,7 @@ def _check_video(config: VAEConfig, video, what="video"):
 
 
 def _check_frame_count(config: VAEConfig, frames: int):
-    t = temporal_factor(config)
-    if frames % t != 1 % t:
-        raise ValueError(
-            f"the VAE needs {t}k+1 frames (1, {t + 1}, {2 * t + 1}, ...), got {frames}; "
-            f"trim to {((frames - 1) // t) * t + 1}"
-        )
+    check_frame_count(frames, temporal_factor(config), "the video's frame count")
 
 
 def _check_latents(config: VAEConfig, latents):

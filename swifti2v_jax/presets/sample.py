@@ -27,8 +27,12 @@ know is an error, never silently ignored.
 import ml_collections
 from ml_collections import config_dict
 
+from swifti2v_jax import config_fields
 from swifti2v_jax.presets import dispatch
 from swifti2v_jax.presets.dit import DEMO_TEXT_LEN  # the rows the demo DiTs are trained with
+from swifti2v_jax.sampling.config import MemoryOptions, PipelineConfig
+from swifti2v_jax.sampling.stage1 import Stage1Config
+from swifti2v_jax.sampling.stage2 import Stage2SamplerConfig
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -61,83 +65,18 @@ def _base() -> ml_collections.ConfigDict:
         )
     )
 
-    c.stage1 = ml_collections.ConfigDict(
-        dict(
-            backbone="ti2v",  # 'ti2v' (TI2V-5B i2v mode) or 'a14b' (I2V-A14B, two experts)
-            divisor=4,  # Stage I size = target / divisor per side
-            resolution="",  # explicit Stage I WIDTHxHEIGHT instead of the divisor
-            steps=4,
-            shift=5.0,
-            solver="euler",
-            schedule="euler",
-            guide_scale=1.0,  # CFG (high-noise expert for a14b); 1.0 = no CFG
-            guide_scale_low=-1.0,  # a14b low-noise expert; < 0 = same as guide_scale
-            boundary=0.9,  # a14b expert switch: t >= boundary * 1000 -> high-noise expert
-            # Long clips: Stage I in chunks of this many latent frames (0 = one pass;
-            # 21 latents = 81 frames, Wan2.2's training length), each continuing from the
-            # previous chunk's last `overlap` latent frames' pixels (sampling/stage1.py Chunk).
-            chunk_latents=0,
-            overlap=1,
-            # 0: the overlap latents are held clean; in (0, 1): only the first is, the others
-            # are regenerated (guided toward the previous chunk while sigma > seam_release)
-            # and cross-faded into it (TI2V only; sampling/stage1.py ti2v_chunks).
-            seam_release=0.0,
-            # Add the input image minus Stage I's decoded frame 0 to every Stage I frame:
-            # removes the Stage I VAE's error on the input (sampling/stage1.py
-            # add_input_residual).
-            input_residual=False,
-        )
-    )
-
-    c.stage2 = ml_collections.ConfigDict(
-        dict(
-            conditioning="concat",  # 'concat' (trained Stage II) or 'refine' (plain TI2V-5B)
-            noisy_blocks=3,  # M
-            neighbours=1,  # N
-            attention="bidirectional",  # or 'read_only' (the ablation)
-            end_to_end=False,  # one window over the whole clip (the baseline)
-            solver="unipc",
-            schedule="unipc",
-            steps=4,
-            shift=5.0,
-            guide_scale=1.0,
-            sigma_start=1.0,  # < 1: start from z_ref noised to this sigma (either conditioning)
-            neighbour_sigma=0.0,  # > 0: neighbours enter noised (models trained that way)
-            ensemble=1,  # > 1: each segment averages this many samples (one-step samplers)
-        )
-    )
-
-    c.memory = ml_collections.ConfigDict(
-        dict(
-            text_encoder_on_host=True,  # umT5 on the host CPU (the official --t5_cpu)
-            release_stage1=True,  # free Stage I weights before Stage II
-            swap_stage1_experts=True,  # a14b: one expert on the device at a time
-            decode_tile_size=0,  # Stage II decode in latent tiles of this size (0 = off)
-            decode_tile_overlap=2,
-            decode_offload_cache=False,  # tiled decode: tile caches in host memory
-            encode_tile_size=0,  # the 2K VAE encodes in latent tiles of this size (0 = off)
-            encode_tile_overlap=4,
-            encode_offload_cache=False,  # tiled encode: tile caches in host memory
-            # DiT block kernels: 'native' (as converted), 'int8' or 'fp8' (quantized at load)
-            dit_weights="native",
-            # block kernels in host memory, one layer on the device at a time:
-            # 'off', 'stage1', 'stage2' or 'both'
-            stream_layers="off",
-            # tile-major VAE streams and their carried caches (sampling/config.py)
-            decode_chunk_latents=0,
-            encode_tile_major=False,
-            vae_cache_dtype="float32",
-            # > 0: check the run's memory plan against these before loading weights
-            device_budget_gb=0.0,
-            host_budget_gb=0.0,
-        )
-    )
+    # The sampler sections are the dataclasses' defaults (sampling/stage1.py Stage1Config,
+    # sampling/stage2.py, sampling/config.py MemoryOptions: each knob is documented there);
+    # the presets below state only what differs.
+    c.stage1 = config_fields.as_section(Stage1Config())
+    c.stage2 = config_fields.as_section(Stage2SamplerConfig())
+    c.memory = config_fields.as_section(MemoryOptions())
     c.attention_backend = ""  # '' = as converted; 'xla', 'cudnn' (GPU) or 'splash' (TPU)
     c.text_cache_dir = ""  # '' = <cache>/text; 'none' = no prompt cache
-    c.text_len = 512  # prompt rows fed to the DiTs: the length the models were trained with
+    c.text_len = PipelineConfig.text_len  # prompt rows: the length the models were trained with
     # Persistent XLA compilation cache: a second run with the same shapes skips compiling.
     c.compilation_cache_dir = ""  # '' = <cache>/jax-compilation-cache; 'none' = off
-    c.progress = True
+    c.progress = PipelineConfig.progress
     return c
 
 
@@ -174,7 +113,7 @@ def demo() -> ml_collections.ConfigDict:
     # one draw from 0.7 (demo/reproduce.py pins it).
     c.stage2.update(
         noisy_blocks=1, neighbours=1, solver="euler", schedule="euler", steps=1, shift=1.0,
-        guide_scale=1.0, sigma_start=0.8, neighbour_sigma=0.6, ensemble=8,
+        sigma_start=0.8, neighbour_sigma=0.6, ensemble=8,
     )  # fmt: skip
     return c
 
@@ -186,28 +125,12 @@ def swifti2v_2k() -> ml_collections.ConfigDict:
     c.resolution = "2560x1408"
     c.max_area = 2560 * 1408
     c.fps = 16.0  # the motion comes from the A14B Stage I (16 fps)
-    c.stage1.update(
-        backbone="a14b",
-        steps=4,
-        shift=5.0,
-        solver="euler",
-        schedule="euler",
-        guide_scale=1.0,
-        guide_scale_low=-1.0,
-        boundary=0.9,
-        # Clips longer than 81 frames (no upper limit: the streamed pipeline's memory and
-        # programs do not depend on the length): chunks of 21 latents, Wan2.2's 81 frames.
-        chunk_latents=21,
-    )
-    c.stage2.update(
-        conditioning="refine",
-        solver="unipc",
-        schedule="unipc",
-        steps=20,
-        shift=5.0,
-        guide_scale=5.0,
-        sigma_start=0.7,
-    )
+    # Stage I: the defaults' 4 Euler steps at shift 5, no CFG, expert boundary 0.9.
+    # Clips longer than 81 frames (no upper limit: the streamed pipeline's memory and
+    # programs do not depend on the length): chunks of 21 latents, Wan2.2's 81 frames.
+    c.stage1.update(backbone="a14b", chunk_latents=21)
+    # Stage II: the defaults' 20 UniPC steps at shift 5, from z_ref noised to 0.7, CFG 5.
+    c.stage2.update(conditioning="refine", guide_scale=5.0, sigma_start=0.7)
     c.memory.decode_tile_size = 44  # 704-pixel tiles at 2K
     c.memory.decode_tile_overlap = 4
     return c
@@ -218,8 +141,7 @@ def swifti2v_2k_ti2v() -> ml_collections.ConfigDict:
     c.preset = "swifti2v_2k_ti2v"
     c.fps = 24.0
     c.stage1.update(
-        backbone="ti2v", steps=20, solver="unipc", schedule="unipc", guide_scale=5.0,
-        chunk_latents=21,
+        backbone="ti2v", steps=20, solver="unipc", schedule="unipc", guide_scale=5.0
     )  # fmt: skip
     return c
 
@@ -227,7 +149,7 @@ def swifti2v_2k_ti2v() -> ml_collections.ConfigDict:
 def swifti2v_2k_concat() -> ml_collections.ConfigDict:
     c = swifti2v_2k()
     c.preset = "swifti2v_2k_concat"
-    c.stage2.update(conditioning="concat", sigma_start=1.0, steps=20, guide_scale=5.0)
+    c.stage2.update(conditioning="concat", sigma_start=1.0)
     return c
 
 
@@ -238,7 +160,6 @@ def _workstation_2k(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     81-frame clip: no cache leaves the device), caches carried between chunks of longer clips
     in host memory as bfloat16; and a memory plan checked before any weight is loaded."""
     c.memory.update(
-        text_encoder_on_host=True, release_stage1=True, swap_stage1_experts=True,
         dit_weights="int8", encode_tile_size=64, encode_tile_overlap=16, encode_tile_major=True,
         decode_chunk_latents=21, vae_cache_dtype="bfloat16", host_budget_gb=48.0,
     )  # fmt: skip

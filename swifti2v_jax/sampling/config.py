@@ -16,7 +16,7 @@ from pathlib import Path
 from swifti2v_jax import config_fields
 from swifti2v_jax.models import quant
 from swifti2v_jax.sampling import stage1
-from swifti2v_jax.sampling.stage2 import CSGConfig
+from swifti2v_jax.sampling.stage2 import Stage2SamplerConfig
 
 STREAM_CHOICES = ("off", "stage1", "stage2", "both")
 
@@ -43,7 +43,7 @@ class MemoryOptions:
     dit_weights: 'native' (as converted), or 'int8' / 'fp8': the DiT blocks' kernels
       quantized at load (models/quant.py; a checkpoint converted with --quantize loads as is).
     stream_layers: which DiTs keep their block kernels in host memory and copy one layer per
-      scan step to the device (models/streaming.py): 'off', 'stage1', 'stage2' or 'both'.
+      scan step to the device (models/layer_streaming.py): 'off', 'stage1', 'stage2' or 'both'.
     decode_chunk_latents: > 0: the tiled decode runs tile-major over chunks of this many
       latent frames (one tile's cache alive at a time, pixels blended in host memory;
       models/vae_streaming.py); 0: frame-major (every tile's cache alive).
@@ -113,7 +113,7 @@ class MemoryOptions:
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     stage1: stage1.Stage1Config = stage1.Stage1Config()
-    stage2: CSGConfig = CSGConfig()
+    stage2: Stage2SamplerConfig = Stage2SamplerConfig()
     memory: MemoryOptions = MemoryOptions()
     attention_backend: str | None = None  # overrides the checkpoints' DiT attention backend
     text_cache_dir: Path | None = None  # on-disk prompt embedding cache (None: off)

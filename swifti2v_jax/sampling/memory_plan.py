@@ -25,7 +25,7 @@ import sys
 import jax
 import numpy as np
 
-from swifti2v_jax.models import streaming
+from swifti2v_jax.models import layer_streaming
 from swifti2v_jax.models import t5 as t5_lib
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.sampling import program_memory, stage1
@@ -203,7 +203,7 @@ def tree_bytes(tree, host: bool | None = None) -> int:
     for leaf in jax.tree.leaves(tree):
         if not hasattr(leaf, "shape"):
             continue
-        on_host = getattr(getattr(leaf, "sharding", None), "memory_kind", None) == streaming.HOST
+        on_host = getattr(getattr(leaf, "sharding", None), "memory_kind", None) == layer_streaming.HOST
         if host is None or host == on_host:
             total += math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
     return total
@@ -391,7 +391,7 @@ def whole_run(
     # A later chunk's Stage I runs while the 2K VAE caches wait (none in a one-chunk clip).
     host_s1 = {"runtime": runtime, "caches carried": (encode_host + decode_host) * (chunks > 1)}
     if cfg1.backbone == "a14b":
-        schedule = cfg1.make_schedule()
+        schedule = cfg1.sampling_schedule
         high = cfg1.guidance().num_high_noise_steps(schedule.timesteps)
         low, high_scale = cfg1.guidance().scales
         steps = {"high_noise": high, "low_noise": schedule.num_steps - high}
@@ -446,7 +446,7 @@ def whole_run(
         {**host_s2, "Stage II DiT load (transient)": load2 - dit2_host},
         encode_moved + dit2_device + dit2_host + vae2,
     ))  # fmt: skip
-    forwards2 = config.stage2.make_schedule().num_steps * (
+    forwards2 = config.stage2.sampling_schedule.num_steps * (
         2 if config.stage2.guide_scale != 1.0 else 1
     )
     forwards2 *= config.stage2.ensemble

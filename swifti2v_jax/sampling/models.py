@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from swifti2v_jax import checkpoints
-from swifti2v_jax.csg import inputs
-from swifti2v_jax.models import streaming
+from swifti2v_jax.csg import contract, inputs
+from swifti2v_jax.models import layer_streaming
 from swifti2v_jax.models import t5 as t5_lib
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.dit import DiTConfig
@@ -108,7 +108,7 @@ def _metadata(path: Path, kind: str, what: str) -> dict:
         raise PipelineError(f"{what}: {e}") from None
     if meta.get("kind") != kind:
         raise PipelineError(f"{what}: {path} holds a {meta.get('kind')!r} model, not a {kind!r}")
-    return meta["config"]
+    return meta
 
 
 def run_layout(stage1_dit: DiTConfig, stage2: DiTConfig, config: PipelineConfig):
@@ -156,13 +156,13 @@ def public_specs(config: PipelineConfig) -> ModelSpecs:
 def inspect_models(paths: ModelPaths, config: PipelineConfig) -> ModelSpecs:
     """Reads and cross-checks every checkpoint's config; raises PipelineError on a mismatch."""
     try:
-        stage1_configs = [
-            DiTConfig.from_dict(_metadata(p, "dit", "Stage I DiT")) for p in paths.stage1
-        ]
-        stage2 = DiTConfig.from_dict(_metadata(paths.stage2, "dit", "Stage II DiT"))
-        stage1_vae = vae_lib.as_config(_metadata(paths.stage1_vae, "vae", "Stage I VAE"))
-        vae = vae_lib.as_config(_metadata(paths.vae, "vae", "Stage II VAE"))
-        t5 = t5_lib.T5Config.from_dict(_metadata(paths.t5, "t5", "text encoder"))
+        stage1_metas = [_metadata(p, "dit", "Stage I DiT") for p in paths.stage1]
+        stage1_configs = [DiTConfig.from_dict(m["config"]) for m in stage1_metas]
+        stage2_meta = _metadata(paths.stage2, "dit", "Stage II DiT")
+        stage2 = DiTConfig.from_dict(stage2_meta["config"])
+        stage1_vae = vae_lib.as_config(_metadata(paths.stage1_vae, "vae", "Stage I VAE")["config"])
+        vae = vae_lib.as_config(_metadata(paths.vae, "vae", "Stage II VAE")["config"])
+        t5 = t5_lib.T5Config.from_dict(_metadata(paths.t5, "t5", "text encoder")["config"])
     except PipelineError:
         raise
     except (ValueError, TypeError, KeyError) as e:
@@ -204,4 +204,27 @@ def inspect_models(paths: ModelPaths, config: PipelineConfig) -> ModelSpecs:
             )
     if vae_lib.temporal_factor(stage1_vae) != vae_lib.temporal_factor(vae):
         raise PipelineError("the Stage I and Stage II VAEs have different temporal strides")
+    check_contracts(paths, config, stage1_metas, stage2_meta, stage1_vae, vae)
     return ModelSpecs(stage1=stage1_dit, stage1_vae=stage1_vae, stage2=stage2, vae=vae, t5=t5)
+
+
+def check_contracts(paths: ModelPaths, config: PipelineConfig, stage1_metas, stage2_meta,
+                    stage1_vae, vae) -> None:  # fmt: skip
+    """Each trained DiT's saved contract (csg/contract.py) against the sampler settings."""
+    try:
+        for path, meta in zip(paths.stage1, stage1_metas):
+            trained = contract.TrainedWith.read(meta)
+            if trained is not None:
+                trained.check(
+                    f"Stage I {path}", text_len=config.text_len,
+                    latents_mean=stage1_vae.latents_mean, latents_std=stage1_vae.latents_std,
+                )  # fmt: skip
+        trained = contract.TrainedWith.read(stage2_meta)
+        if trained is not None:
+            trained.check(
+                f"Stage II {paths.stage2}", text_len=config.text_len,
+                latents_mean=vae.latents_mean, latents_std=vae.latents_std,
+                window=config.stage2, conditioning=config.stage2.conditioning,
+            )  # fmt: skip
+    except (contract.ContractError, TypeError) as e:
+        raise PipelineError(str(e)) from None

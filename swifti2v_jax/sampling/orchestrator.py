@@ -152,7 +152,7 @@ def prepare_images(image, plan: SizePlan):
     """A PIL image -> (image at the target size [1, H, W, 3], at Stage I's size)."""
     sizes = ((plan.width, plan.height), (plan.stage1_width, plan.stage1_height))
     return tuple(
-        jnp.asarray(image_io.to_array(image_io.resize_and_crop(image, w, h)))[None]
+        jnp.asarray(image_io.to_array(image_io.crop_resize(image, w, h)))[None]
         for w, h in sizes
     )
 
@@ -255,7 +255,7 @@ def run(
             del stage1_vae
             models.done_stage1()
         if streamer is None:
-            streamer = _Streamer(
+            streamer = _StreamingPipeline(
                 models, specs, config, plan, image_hi, context, uncond, key_stage2, clock,
                 timed_sink, bar, keep_latents,
             )  # fmt: skip
@@ -297,7 +297,7 @@ def run(
         stage1_backbone=config.stage1.backbone,
         stage1_expert_forwards=expert_forwards,
         stage2_conditioning=config.stage2.conditioning,
-        stage2_steps=config.stage2.make_schedule().num_steps,
+        stage2_steps=config.stage2.sampling_schedule.num_steps,
         stage1_steps=config.stage1.steps,
         seed=seed,
         backend=jax.default_backend(),
@@ -306,9 +306,9 @@ def run(
     return GenerationResult(summary=summary, latents=latents)
 
 
-class _Streamer:
+class _StreamingPipeline:
     """Decoded Stage I frames in, finished frames out: the hybrid reference (csg/reference.py),
-    Stage II CSG (stage2.SegmentStream) and the streaming VAE decode, each carrying its own
+    Stage II CSG (stage2.SegmentRunner) and the streaming VAE decode, each carrying its own
     state from one push to the next."""
 
     def __init__(
@@ -329,7 +329,7 @@ class _Streamer:
         params = models.get_stage2_dit()
         self.denoiser = models.get_stage2_denoiser(specs.stage2, config.stage2)
         self.denoiser_traces_before = self.denoiser.traces
-        self.segments = stage2.SegmentStream(
+        self.segments = stage2.SegmentRunner(
             self.denoiser, params, num_blocks=plan.latent_frames, anchor=anchor,
             context=context, uncond_context=uncond, key=key,
         )  # fmt: skip

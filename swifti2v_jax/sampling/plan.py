@@ -56,12 +56,9 @@ def plan_sizes(
         raise PipelineError(f"frames must be an integer, got {frames!r}")
     if step == 1 and frames < 2:
         raise PipelineError(f"frames must be at least 2, got {frames}")
-    if frames < step + 1 or (frames - 1) % step:
-        raise PipelineError(
-            f"frames must be {step}k+1 with k >= 1 for the VAE's temporal stride {step} "
-            f"({step + 1}, {2 * step + 1}, ...), got {frames}; "
-            f"try {max(step + 1, (frames - 1) // step * step + 1)}"
-        )
+    problem = vae_lib.frame_count_problem(frames, step, min_latents=2)
+    if problem:
+        raise PipelineError(f"frames {problem}")
     # One rule for every model (README, --help): multiples of 32, or of the model's own
     # granularity if that is coarser.
     g2 = int(np.lcm(image_io.RESOLUTION_MULTIPLE, granularity(specs.stage2, specs.vae)))

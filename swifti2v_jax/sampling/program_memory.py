@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 
-from swifti2v_jax.models import streaming
+from swifti2v_jax.models import layer_streaming
 from swifti2v_jax.sampling import programs as programs_lib
 
 SHIPPED = Path(__file__).with_name("program_memory.json")
@@ -155,7 +155,7 @@ def _pinned_bytes(args) -> int:
     total = 0
     for leaf in jax.tree.leaves(args):
         kind = getattr(getattr(leaf, "sharding", None), "memory_kind", None)
-        if kind == streaming.HOST:
+        if kind == layer_streaming.HOST:
             total += leaf.size * leaf.dtype.itemsize
     return total
 

@@ -19,7 +19,7 @@ from jax.sharding import SingleDeviceSharding
 
 from swifti2v_jax.csg import reference
 from swifti2v_jax.models import dit as dit_lib
-from swifti2v_jax.models import quant, streaming
+from swifti2v_jax.models import quant, layer_streaming
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.vae_streaming import _add_tile, _take_tile
 from swifti2v_jax.sampling import solvers, stage1, stage1_a14b, stage2
@@ -50,12 +50,12 @@ def _struct(shape, dtype=F32):
 def dit_params(dit_config: dit_lib.DiTConfig, weights: str = "native"):
     """Abstract parameters of a DiT as the run holds them: quantized to `weights`
     (memory.dit_weights) and, with the config's stream_layers, block kernels in pinned host
-    memory (models/streaming.py; `place` moves them to the target's device)."""
+    memory (models/layer_streaming.py; `place` moves them to the target's device)."""
     tree = jax.eval_shape(
         lambda: quant.quantize_params(dit_lib.init_params(dit_config, jax.random.key(0)), weights)
     )
     if dit_config.stream_layers:
-        tree = streaming.abstract(tree, SingleDeviceSharding(jax.devices()[0]))
+        tree = layer_streaming.abstract(tree, SingleDeviceSharding(jax.devices()[0]))
     return tree
 
 
@@ -140,7 +140,7 @@ def _a14b_programs(specs, config, text, length, latent1, p_vae1) -> list[Program
     )  # fmt: skip
     x = _struct((1, length, *latent1, specs.stage1.out_dim))
     condition = _struct((1, length, *latent1, vae1.z_dim + stage1_a14b.MASK_CHANNELS))
-    sigmas, timesteps = (_struct(a.shape) for a in solvers.as_schedule_arrays(cfg.make_schedule()))
+    sigmas, timesteps = (_struct(a.shape) for a in solvers.as_schedule_arrays(cfg.sampling_schedule))
     expert = dit_params(specs.stage1, config.memory.dit_weights)
     if config.memory.swap_stage1_experts:
         state = jax.eval_shape(solvers.make_solver(cfg.solver).init, x)
@@ -172,7 +172,7 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
         programs = _a14b_programs(specs, config, text, length, latent1, p_vae1)
     else:
         image_lo = _struct((1, 1, h1, w1, 3))
-        sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.make_schedule())
+        sigmas, timesteps = solvers.as_schedule_arrays(config.stage1.sampling_schedule)
         x_init = _struct((1, length, *latent1, vae1.z_dim))
         chunk_args = (
             dit_params(specs.stage1, config.memory.dit_weights), x_init, x_init,
@@ -213,7 +213,7 @@ def streamed_programs(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan)
     denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
     size = plan.windows[0].size
     window = _struct((1, size, *plan.latent_hw, vae2.z_dim))
-    sigmas, timesteps = solvers.as_schedule_arrays(config.stage2.make_schedule())
+    sigmas, timesteps = solvers.as_schedule_arrays(config.stage2.sampling_schedule)
     programs.append(
         Program(
             "stage2_window",
@@ -248,7 +248,7 @@ def place(programs: list[Program], device) -> list[Program]:
             return leaf
         kind = getattr(leaf.sharding, "memory_kind", None)
         sharding = SingleDeviceSharding(
-            device, memory_kind=kind if kind == streaming.HOST else None
+            device, memory_kind=kind if kind == layer_streaming.HOST else None
         )
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 

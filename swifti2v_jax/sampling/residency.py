@@ -27,7 +27,7 @@ from typing import Any
 import jax
 
 from swifti2v_jax import checkpoints
-from swifti2v_jax.models import streaming
+from swifti2v_jax.models import layer_streaming
 from swifti2v_jax.sampling import stage2
 from swifti2v_jax.sampling.clock import StageClock
 from swifti2v_jax.sampling.config import PipelineConfig
@@ -43,9 +43,9 @@ def release(tree) -> None:
 
 def load(path: Path, kind: str, dit_weights: str = "native", stream: bool = False):
     """A checkpoint on the device; a DiT quantized to `dit_weights` and, with `stream`, its
-    block kernels in host memory (models/streaming.py)."""
+    block kernels in host memory (models/layer_streaming.py)."""
     _, params = checkpoints.load(path, kind, quantize=dit_weights)
-    return streaming.place(params) if stream else jax.device_put(params)
+    return layer_streaming.place(params) if stream else jax.device_put(params)
 
 
 @dataclasses.dataclass

@@ -43,14 +43,14 @@ class Stage1Config:
     (rounded, sampling/plan.py).
     """
 
-    backbone: str = "ti2v"
+    backbone: str = "ti2v"  # 'ti2v' (TI2V-5B in i2v mode) or 'a14b' (I2V-A14B, two experts)
     steps: int = 4
     shift: float = 5.0
     solver: str = "euler"
     schedule: str = "euler"
     guide_scale: float = 1.0
     guide_scale_low: float | None = None
-    boundary: float = 0.9
+    boundary: float = 0.9  # a14b expert switch: t >= boundary * 1000 -> the high-noise expert
     divisor: int = 4
     resolution: str = ""  # '' = target / divisor
     # Long clips: Stage I in chunks of this many latent frames (0 = one pass), each
@@ -86,10 +86,12 @@ class Stage1Config:
         if self.chunk_latents < 0 or (self.chunk_latents and self.chunk_latents < 2):
             raise ValueError(f"stage1.chunk_latents must be 0 or >= 2, got {self.chunk_latents}")
         solvers.make_solver(self.solver)
-        schedules.make_schedule(self.schedule, self.steps, self.shift)  # validates grid/shift
+        self.sampling_schedule  # noqa: B018 -- built (and so validated) once, now
         self.guidance()
 
-    def make_schedule(self) -> schedules.Schedule:
+    @functools.cached_property
+    def sampling_schedule(self) -> schedules.Schedule:
+        """The sigma grid, built once per config and shared by everything that reads it."""
         return schedules.make_schedule(self.schedule, self.steps, self.shift)
 
     @property
@@ -216,7 +218,7 @@ def _ti2v_chunk(params, model_config, config, known, length, context, uncond, ke
     """One TI2V pass over `length` latent frames whose first known.shape[1] are given, the
     first `held` (default: all) of them held clean."""
     batch, num_known, h, w, c = known.shape
-    sigmas, timesteps = solvers.as_schedule_arrays(config.make_schedule())
+    sigmas, timesteps = solvers.as_schedule_arrays(config.sampling_schedule)
     noise = initial_noise(key, (batch, length, h, w, c))
     x_init = noise.at[:, :num_known].set(known)
     program = _ti2v_program(model_config, config)
@@ -385,7 +387,7 @@ def ti2v_chunks(
 
 def expert_steps(config: Stage1Config) -> dict[str, int]:
     """How many of the schedule's steps each expert runs (host-side, from the timesteps)."""
-    timesteps = config.make_schedule().timesteps
+    timesteps = config.sampling_schedule.timesteps
     if config.backbone != "a14b":
         return {"dit": int(timesteps.shape[0])}
     high = config.guidance().num_high_noise_steps(timesteps)

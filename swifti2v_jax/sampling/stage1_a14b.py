@@ -194,7 +194,7 @@ def a14b_image_to_video(
     _check(model_config, config, condition)
     uncond = _uncond(config, context, uncond_context)
     x = initial_noise(key, (*condition.shape[:4], model_config.out_dim))
-    schedule = config.make_schedule()
+    schedule = config.sampling_schedule
     sigmas, timesteps = solvers.as_schedule_arrays(schedule)
     log = on_expert is not None
     with _expert_logging(on_expert):

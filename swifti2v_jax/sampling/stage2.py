@@ -25,6 +25,7 @@ training):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -37,12 +38,12 @@ from swifti2v_jax.sampling import guidance as guidance_lib
 from swifti2v_jax.sampling import schedules, solvers
 
 NEIGHBOUR_NOISE_STREAM = 1  # fold_in tag: neighbour noise never reuses a noisy block's x_T
-ENSEMBLE_STREAM = 2  # fold_in tag of the extra noise draws of `CSGConfig.ensemble`
+ENSEMBLE_STREAM = 2  # fold_in tag of the extra noise draws of `Stage2SamplerConfig.ensemble`
 ATTENTION_MODES = ("bidirectional", "read_only")
 
 
 @dataclasses.dataclass(frozen=True)
-class CSGConfig(layout.WindowLayout):
+class Stage2SamplerConfig(layout.WindowLayout):
     """The window layout (noisy_blocks M, neighbours N, end_to_end) and the sampler."""
 
     conditioning: str = "concat"
@@ -74,9 +75,11 @@ class CSGConfig(layout.WindowLayout):
         if self.ensemble < 1:
             raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
         solvers.make_solver(self.solver)
-        self.make_schedule()  # validates the grid and shift now
+        self.sampling_schedule  # noqa: B018 -- built (and so validated) once, now
 
-    def make_schedule(self) -> schedules.Schedule:
+    @functools.cached_property
+    def sampling_schedule(self) -> schedules.Schedule:
+        """The sigma grid, built once per config and shared by everything that reads it."""
         schedule = schedules.make_schedule(self.schedule, self.steps, self.shift)
         if self.sigma_start < 1.0:
             # img2img-style: start exactly at sigma_start, then the grid below it.
@@ -111,7 +114,7 @@ class WindowDenoiser:
     new denoiser is a new jit, i.e. a new compilation.
     """
 
-    def __init__(self, model_config: DiTConfig, config: CSGConfig):
+    def __init__(self, model_config: DiTConfig, config: Stage2SamplerConfig):
         inputs.check_conditioning(config.conditioning, model_config.in_dim, model_config.out_dim)
         self.model = WanDiT(model_config)
         self.model_config = model_config
@@ -191,14 +194,14 @@ class SegmentResult:
     latents: jax.Array  # [B, len(blocks), h, w, C]
 
 
-def _check_inputs(config: CSGConfig, anchor, uncond_context) -> None:
+def _check_inputs(config: Stage2SamplerConfig, anchor, uncond_context) -> None:
     if anchor.ndim != 5 or anchor.shape[1] != 1:
         raise ValueError(f"need anchor [B, 1, h, w, C], got {anchor.shape}")
     if config.guide_scale != 1.0 and uncond_context is None:
         raise ValueError("guide_scale != 1 needs uncond_context (the negative prompt embedding)")
 
 
-class SegmentStream:
+class SegmentRunner:
     """Stage II segment by segment, as the hybrid reference arrives block by block.
 
     `push(z_ref_blocks)` takes the next latent blocks of z_ref (block 0 first) and yields, in
@@ -218,7 +221,7 @@ class SegmentStream:
         self.context, self.uncond = context, uncond_context
         self.num_blocks = num_blocks
         self.windows = denoiser.config.plan(num_blocks)
-        self.schedule = denoiser.config.make_schedule()
+        self.schedule = denoiser.config.sampling_schedule
         self.received = 0  # z_ref blocks pushed so far
         self.next_segment = 0
         self._refs: dict[int, jax.Array] = {}  # block -> z_ref [B, 1, h, w, C]
@@ -311,14 +314,14 @@ def generate(
     the input image (== z_ref[:, :1] for a causal VAE). Segments run in order; `on_segment`
     receives each segment's finished blocks (for streaming decode and progress bars).
     `denoiser` carries the model and CSG configs (and the compiled window program). This is
-    `SegmentStream` with the whole z_ref pushed at once.
+    `SegmentRunner` with the whole z_ref pushed at once.
     """
     if z_ref.ndim != 5 or anchor.shape != (z_ref.shape[0], 1, *z_ref.shape[2:]):
         raise ValueError(
             f"need z_ref [B, T, h, w, C] and anchor [B, 1, h, w, C], "
             f"got {z_ref.shape} and {anchor.shape}"
         )
-    stream = SegmentStream(
+    stream = SegmentRunner(
         denoiser, params, num_blocks=z_ref.shape[1], anchor=anchor, context=context,
         uncond_context=uncond_context, key=key,
     )  # fmt: skip

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from swifti2v_jax import config_fields
-from swifti2v_jax.csg import layout
+from swifti2v_jax.csg import contract, layout
 from swifti2v_jax.data import loader as loader_lib
 from swifti2v_jax.data import prepare, records, synthetic
 from swifti2v_jax.models import dit
@@ -46,6 +46,21 @@ def window_spec(config) -> loader_lib.WindowSpec:
     return config_fields.from_fields(loader_lib.WindowSpec, fields, "csg")
 
 
+def trained_with(config, info: DataInfo) -> contract.TrainedWith:
+    """The sampling contract the export writes beside the model config (csg/contract.py)."""
+    window = window_spec(config)
+    statistics = {k: tuple(v) for k, v in (info.latent_statistics or {}).items()}
+    return contract.TrainedWith(
+        conditioning=loss_config(config).conditioning,
+        noisy_blocks=window.noisy_blocks,
+        neighbours=window.neighbours,
+        end_to_end=window.end_to_end,
+        text_len=window.text_len,
+        latents_mean=statistics.get("latents_mean"),
+        latents_std=statistics.get("latents_std"),
+    )
+
+
 def check_model_against_loss(model: dit.DiTConfig, loss: LossConfig) -> None:
     loss_lib.check_model(model.in_dim, model.out_dim, loss)
 
@@ -62,6 +77,7 @@ class DataInfo:
     channels: int
     text_dim: int
     synthetic: bool
+    latent_statistics: dict | None = None  # dataset.json's (csg/contract.py DATASET_KEY)
 
 
 def make_source(config):
@@ -98,13 +114,13 @@ def make_source(config):
             "with `python -m swifti2v_jax.data.rollout` and train on that folder"
         )
     num_blocks, h, w, channels = first["latents"].shape
+    saved = prepare.read_dataset_info(config.data.path) if config.data.path else None
+    if saved is not None and saved["num_blocks"] != num_blocks:
+        raise ValueError(f"{config.data.path}: dataset.json disagrees with its records")
     info = DataInfo(
-        len(source), num_blocks, (h, w), channels, first["context"].shape[1], is_synthetic
-    )
-    if config.data.path:
-        saved = prepare.read_dataset_info(config.data.path)
-        if saved is not None and saved["num_blocks"] != num_blocks:
-            raise ValueError(f"{config.data.path}: dataset.json disagrees with its records")
+        len(source), num_blocks, (h, w), channels, first["context"].shape[1], is_synthetic,
+        latent_statistics=(saved or {}).get(contract.DATASET_KEY),
+    )  # fmt: skip
     return source, info
 
 

@@ -68,9 +68,13 @@ class VAEDataConfig:
                 f"need num_clips >= 1 and photo_clips >= 0, got {self.num_clips}, "
                 f"{self.photo_clips}"
             )
-        if self.clip_frames % t != 1 % t or self.clip_frames > self.frames:
+        for name in ("frames", "clip_frames"):
+            problem = vae.frame_count_problem(getattr(self, name), t)
+            if problem:
+                problems.append(f"{name} {problem}")
+        if self.clip_frames > self.frames:
             problems.append(
-                f"clip_frames must be {t}k+1 and <= frames ({self.frames}), got {self.clip_frames}"
+                f"clip_frames must be <= frames ({self.frames}), got {self.clip_frames}"
             )
         if self.height % (s * self.factor) or self.width % (s * self.factor):
             problems.append(
