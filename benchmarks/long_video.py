@@ -110,10 +110,11 @@ def seam_jump(
     """The largest |frame_i - frame_{i-1}| in each seam region (`seam_regions`) vs the mean
     change everywhere else (inside chunks), over held-out clips, with the demo models in
     `weights`; seam_release None: the demo preset's."""
-    settings = pipeline_config(presets.get_config("demo")).stage1
-    settings = dataclasses.replace(settings, overlap=overlap)
+    sampler = pipeline_config(presets.get_config("demo"))
+    settings = dataclasses.replace(sampler.stage1, overlap=overlap)
     if seam_release is not None:
         settings = dataclasses.replace(settings, seam_release=seam_release)
+    sampler = dataclasses.replace(sampler, stage1=settings)
     models = DemoModels(Path(weights), presets.DEMO_TEXT_LEN)
     plan = stage1.chunk_plan(SEAM_LATENTS, settings.chunk_latents, overlap)
     at_seams, inside = [], []
@@ -121,12 +122,12 @@ def seam_jump(
         # Each clip's own caption, as the demo data and sample.py give it: the demo DiTs do
         # not ignore the (random-encoder) text embedding, and an all-zero one is far outside
         # what they were trained on (their x0 prediction at full noise is twice as far off).
-        video = orchestrator.stage1_video(
-            models.resident, models.stage1_config, models.vae_config, settings, image,
-            context=encode_context(models, prompt), key=jax.random.key(seed),
-            frames=vae_lib.num_pixel_frames(models.vae_config, SEAM_LATENTS),
+        clip = orchestrator.run_clip(
+            models.resident, models.specs, sampler, context=encode_context(models, prompt),
+            image_lo=image, frames=vae_lib.num_pixel_frames(models.vae_config, SEAM_LATENTS),
+            stage1_key=jax.random.key(seed), until="stage1",
         )  # fmt: skip
-        video = np.asarray(video)[0]
+        video = np.asarray(clip.video_low)[0]
         change = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))  # change[i-1]: i vs i-1
         regions = seam_regions(plan, len(change))
         in_region = np.zeros(len(change), bool)

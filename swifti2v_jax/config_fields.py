@@ -87,22 +87,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigFieldError(f"{where} must be true or false, got {value!r}")
-    if inner is int:
-        if isinstance(value, bool):
-            raise ConfigFieldError(f"{where} must be an integer, got {value!r}")
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigFieldError(f"{where} must be an integer, got {value!r}")
+    if inner in (int, float):
+        # bools are ints to Python but never a count or a scale here; 2.5 is not an integer
+        fits = not isinstance(value, bool) and not (
+            inner is int and isinstance(value, float) and not value.is_integer()
+        )
         try:
-            return int(value)
+            if fits:
+                return inner(value)
         except (TypeError, ValueError):
-            raise ConfigFieldError(f"{where} must be an integer, got {value!r}") from None
-    if inner is float:
-        if isinstance(value, bool):
-            raise ConfigFieldError(f"{where} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigFieldError(f"{where} must be a number, got {value!r}") from None
+            pass
+        kind = "an integer" if inner is int else "a number"
+        raise ConfigFieldError(f"{where} must be {kind}, got {value!r}")
     if inner is str:
         if not isinstance(value, str):
             raise ConfigFieldError(f"{where} must be a string, got {value!r}")

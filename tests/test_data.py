@@ -267,6 +267,16 @@ def test_read_clip_crops_and_resizes(tmp_path):
     clip = videos.read_clip(tmp_path / "v.mp4", 5, 16, 16, frame_stride=2)
     assert clip.shape == (5, 16, 16, 3) and clip.dtype == np.float32
     assert clip.min() >= -1 and clip.max() <= 1
+    # every frame fitted by the rule sampling fits its input image with (no train/test skew)
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    from swifti2v_jax.io import image as image_io
+
+    with imageio.get_reader(str(tmp_path / "v.mp4"), format="ffmpeg") as reader:
+        third = reader.get_data(2)
+    fitted = image_io.to_array(image_io.crop_resize(Image.fromarray(third), 16, 16))
+    np.testing.assert_array_equal(clip[1], fitted)
     with pytest.raises(videos.VideoError, match="too short"):
         videos.read_clip(tmp_path / "v.mp4", 9, 16, 16, frame_stride=2)
 

@@ -356,7 +356,7 @@ def test_demo_dataset_stage1_references_are_what_stage1_makes(tmp_path):
     vae_config = vae.as_config(vae_config)
     high, low = procedural.render_pair(3, 5, 64, 128, 2)
     videos = demo_dataset.Stage1Videos(root / "dit", vae_params, vae_config)
-    assert not videos.settings.input_residual  # Stage I's raw video, as phase 5 trained on
+    assert not videos.sampler.stage1.input_residual  # Stage I's raw video, as phase 5 trained on
     video = videos(low, np.asarray(made["context"], np.float32), made["name"])
     assert video.shape == (1, 5, 32, 64, 3)
     z_ref = reference.encode_hybrid_reference(vae_params, vae_config, video, high[None, 0])

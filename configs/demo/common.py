@@ -29,3 +29,15 @@ def dit_training(model: str, num_steps: int) -> ml_collections.ConfigDict:
     config.log_every = 25
     config.mesh.fsdp = False
     return config
+
+
+def fine_tune(
+    config: ml_collections.ConfigDict, num_steps: int, learning_rate: float, warmup_steps: int
+) -> ml_collections.ConfigDict:
+    """A later phase of a demo DiT: it starts from the previous phase's model, so
+    --config.init_checkpoint is required (no random init)."""
+    config.num_steps = num_steps
+    config.optimizer.learning_rate = learning_rate
+    config.optimizer.warmup_steps = warmup_steps
+    config.allow_random_init = False
+    return config

@@ -17,14 +17,10 @@ has trained on.
 
 import ml_collections
 
-from configs.demo import stage1
+from configs.demo import common, stage1
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = stage1.get_config()
-    config.num_steps = 2500
-    config.optimizer.learning_rate = 2e-4
-    config.optimizer.warmup_steps = 50
+    config = common.fine_tune(stage1.get_config(), 2500, learning_rate=2e-4, warmup_steps=50)
     config.loss.max_clean_frames = 3
-    config.allow_random_init = False  # a fine-tune: --config.init_checkpoint is required
     return config

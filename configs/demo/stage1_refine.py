@@ -14,14 +14,13 @@ ones weighs `loss.leading_weight` x in the loss, falling to 1 over three frames.
 
 import ml_collections
 
-from configs.demo import stage1_photos
+from configs.demo import common, stage1_photos
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = stage1_photos.get_config()
-    config.num_steps = 4000
-    config.optimizer.learning_rate = 1e-4
-    config.optimizer.warmup_steps = 100
+    config = common.fine_tune(
+        stage1_photos.get_config(), 4000, learning_rate=1e-4, warmup_steps=100
+    )
     config.checkpoint.every = 500
     config.loss.leading_weight = 4.0
     config.loss.leading_span = 3

@@ -14,14 +14,10 @@ cores.
 
 import ml_collections
 
-from configs.demo import stage2
+from configs.demo import common, stage2
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = stage2.get_config()
-    config.num_steps = 1500
-    config.optimizer.learning_rate = 2e-4
-    config.optimizer.warmup_steps = 50
+    config = common.fine_tune(stage2.get_config(), 1500, learning_rate=2e-4, warmup_steps=50)
     config.loss.neighbour_noise = 0.5
-    config.allow_random_init = False  # a fine-tune: --config.init_checkpoint is required
     return config

@@ -98,16 +98,11 @@ def build_encoders(
     else:
         if t5_dir is None:
             raise ValueError("give --t5 (a converted umT5 directory) or --text-embeddings")
-        t5_config, t5_params = checkpoints.load(t5_dir, kind="t5")
-        if tokenizer_dir is None:
-            guess = Path(t5_dir).parent / "tokenizer"
-            if not guess.is_dir():
-                raise ValueError(f"no --tokenizer given and {guess} does not exist")
-            tokenizer_dir = str(guess)
-        tokenizer = text.Tokenizer(tokenizer_dir, text_len=text_len)
-
-        def encode_text(prompts):
-            return text.encode_prompts(t5_params, t5_config, tokenizer, prompts, text_len)
+        if tokenizer_dir is None and not (Path(t5_dir).parent / "tokenizer").is_dir():
+            raise ValueError(f"no --tokenizer given and {Path(t5_dir).parent / 'tokenizer'} "
+                             "does not exist")  # fmt: skip
+        # the one prompt encoder (sampling's): prompts -> [B, text_len, d], zero rows past each
+        encode_text = text.PromptEncoder.from_checkpoint(t5_dir, tokenizer_dir, text_len=text_len)
 
     return Encoders(
         encode_video=encode_video,

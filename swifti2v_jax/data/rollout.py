@@ -31,16 +31,25 @@ from swifti2v_jax.data import loader, prepare, records
 from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.presets import sample as sample_presets
 from swifti2v_jax.sampling import orchestrator, stage2
-from swifti2v_jax.sampling.config import pipeline_config
+from swifti2v_jax.sampling.config import PipelineConfig, pipeline_config
+from swifti2v_jax.sampling.models import ModelSpecs
+from swifti2v_jax.sampling.residency import ResidentModels
 
 
-def generate_clip(params, denoiser, record, text_len, key):
-    """CSG over one record -> generated latents [T, h, w, z] (float32, block 0 = anchor)."""
-    z_ref = jnp.asarray(record["reference"], jnp.float32)[None]
-    anchor = jnp.asarray(record["latents"][:1], jnp.float32)[None]
+def generate_clip(params, denoiser: stage2.WindowDenoiser, record, text_len, key):
+    """CSG over one record -> generated latents [T, h, w, z] (float32, block 0 = anchor):
+    the orchestrator's clip from the record's hybrid reference (z_ref) and anchor on."""
     context = jnp.asarray(records.pad_context(np.asarray(record["context"], np.float32), text_len))
-    latents = orchestrator.stage2_latents(denoiser, params, z_ref, anchor, context[None], key=key)
-    return np.asarray(latents[0])
+    models = ResidentModels(stage1_dits=(), stage1_vae=None, stage2_dit=params, vae=None)
+    specs = ModelSpecs(stage1=None, stage1_vae=None, stage2=denoiser.model_config, vae=None,
+                       t5=None)  # fmt: skip
+    config = PipelineConfig(stage2=denoiser.config, text_len=text_len)
+    clip = orchestrator.run_clip(
+        models, specs, config, context=context[None], stage2_key=key, denoiser=denoiser,
+        z_ref=jnp.asarray(record["reference"], jnp.float32)[None],
+        anchor=jnp.asarray(record["latents"][:1], jnp.float32)[None], until="stage2",
+    )  # fmt: skip
+    return np.asarray(clip.latents[0])
 
 
 def rollout(

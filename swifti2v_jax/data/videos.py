@@ -1,4 +1,5 @@
-"""Reading training clips: the first `num_frames` frames of a video, cropped and resized.
+"""Reading training clips: the first `num_frames` frames of a video, fitted to the training size
+by the sampling input's rule (io/image.py `crop_resize`: Lanczos, centre crop).
 
 Anything wrong with one file (unreadable, too short, no frames) raises `VideoError`, which data
 preparation counts and reports instead of stopping.
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from swifti2v_jax.io import image as image_io
 from swifti2v_jax.io.video import ffmpeg_subprocess
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -33,21 +35,6 @@ def read_caption(video: Path) -> str | None:
     return caption.read_text().strip() if caption.is_file() else None
 
 
-def _center_crop_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Crops to the target aspect ratio around the centre, then resizes (bicubic)."""
-    h, w = frame.shape[:2]
-    if h * width > w * height:  # too tall
-        new_h = max(1, round(w * height / width))
-        top = (h - new_h) // 2
-        frame = frame[top : top + new_h]
-    else:
-        new_w = max(1, round(h * width / height))
-        left = (w - new_w) // 2
-        frame = frame[:, left : left + new_w]
-    image = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(image)
-
-
 def read_clip(
     path: str | os.PathLike, num_frames: int, height: int, width: int, frame_stride: int = 1
 ) -> np.ndarray:
@@ -67,7 +54,10 @@ def read_clip(
             frame = np.asarray(frame)
             if frame.ndim == 2:
                 frame = np.repeat(frame[..., None], 3, axis=-1)
-            frames.append(_center_crop_resize(frame[..., :3].astype(np.uint8), height, width))
+            # frame 0 of a clip is what sampling's input image is, so the same rule
+            fitted = image_io.crop_resize(Image.fromarray(frame[..., :3].astype(np.uint8)),
+                                          width, height)  # fmt: skip
+            frames.append(np.asarray(fitted))
             if len(frames) == num_frames:
                 break
     except Exception as error:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 import zlib
@@ -44,6 +45,7 @@ from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.presets import sample as sample_presets
 from swifti2v_jax.sampling import orchestrator
 from swifti2v_jax.sampling.config import pipeline_config
+from swifti2v_jax.sampling.models import ModelSpecs
 from swifti2v_jax.sampling.residency import ResidentModels
 
 STAGES = ("stage1", "stage2")
@@ -54,22 +56,11 @@ def caption(seed: int) -> str:
     return f"a textured scene with moving discs, the camera slowly pans to the {direction}"
 
 
-class TextEncoder:
-    """Prompt -> trimmed umT5 embedding [L, d] (cached: the captions repeat)."""
-
-    def __init__(self, folder: Path, text_len: int = text.TEXT_LEN):
-        self.config, self.params = checkpoints.load(folder / "t5", kind="t5")
-        self.tokenizer = text.Tokenizer(folder / "tokenizer", text_len=text_len)
-        self.text_len = text_len
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __call__(self, prompt: str) -> np.ndarray:
-        if prompt not in self._cache:
-            embedding = text.encode_prompts(
-                self.params, self.config, self.tokenizer, [prompt], self.text_len
-            )
-            self._cache[prompt] = records.trim_context(np.asarray(embedding)[0])
-        return self._cache[prompt]
+def text_encoder(folder: Path):
+    """Prompt -> trimmed umT5 embedding [L, d] (text.PromptEncoder of `folder`/t5; kept in
+    memory: the captions repeat)."""
+    prompts = text.PromptEncoder.from_checkpoint(Path(folder) / "t5")
+    return functools.cache(lambda prompt: records.trim_context(prompts(prompt)[0]))
 
 
 class Stage1Videos:
@@ -78,15 +69,18 @@ class Stage1Videos:
 
     def __init__(self, dit_dir, vae_params, vae_config, seed: int = 0):
         dit_config, params = checkpoints.load(dit_dir, kind="dit")
-        self.dit_config = DiTConfig.from_dict(dit_config)
-        self.vae_config = vae_config
+        self.specs = ModelSpecs(
+            stage1=DiTConfig.from_dict(dit_config), stage1_vae=vae_config, stage2=None,
+            vae=vae_config, t5=None,
+        )  # fmt: skip
         self.models = ResidentModels(
             stage1_dits=(params,), stage1_vae=vae_params, stage2_dit=None, vae=vae_params
         )
         sampler = pipeline_config(sample_presets.get_config("demo"))
         # Stage I's raw video, as the shipped Stage II phase 5 was trained on: retrained on
         # references with the input residual it did no better (README "Photographs").
-        self.settings = dataclasses.replace(sampler.stage1, input_residual=False)
+        stage1 = dataclasses.replace(sampler.stage1, input_residual=False)
+        self.sampler = dataclasses.replace(sampler, stage1=stage1)
         self.text_len = sampler.text_len
         self.seed = seed
 
@@ -95,10 +89,11 @@ class Stage1Videos:
         padded = jnp.asarray(records.pad_context(context, self.text_len))[None]
         # Each clip its own noise, fixed by its name (the same clip, the same video).
         key = jax.random.fold_in(jax.random.key(self.seed), zlib.crc32(name.encode()))
-        return orchestrator.stage1_video(
-            self.models, self.dit_config, self.vae_config, self.settings,
-            jnp.asarray(low[None, 0]), frames=low.shape[0], context=padded, key=key,
-        )  # fmt: skip
+        return orchestrator.run_clip(
+            self.models, self.specs, self.sampler, context=padded,
+            image_lo=jnp.asarray(low[None, 0]), frames=low.shape[0], stage1_key=key,
+            until="stage1",
+        ).video_low  # fmt: skip
 
 
 def source_clip(source: str, seed: int, frames, height, width, factor):
@@ -152,7 +147,7 @@ def build(
     prepare.ClipSpec(frames, height, width).validate(
         vae_config.temporal_factor, vae_config.spatial_factor * factor
     )
-    encode_text = TextEncoder(Path(text_dir))
+    encode_text = text_encoder(Path(text_dir))
     stage1_videos = None
     if stage1_references is not None:
         stage1_videos = Stage1Videos(stage1_references, vae_params, vae_config)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -41,11 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swifti2v_jax import checkpoints
+from swifti2v_jax import checkpoints, text
 from swifti2v_jax.csg import layout, reference
-from swifti2v_jax.data import photos, procedural, records
+from swifti2v_jax.data import photos, procedural
 from swifti2v_jax.demo import BUNDLED_WEIGHTS
-from swifti2v_jax.demo.dataset import TextEncoder, caption
+from swifti2v_jax.demo.dataset import caption
 from swifti2v_jax.eval import metrics
 from swifti2v_jax.io import image as image_io
 from swifti2v_jax.models import quant, vae
@@ -53,6 +54,7 @@ from swifti2v_jax.models.dit import DiTConfig
 from swifti2v_jax.presets import sample as sample_presets
 from swifti2v_jax.sampling import orchestrator, stage2
 from swifti2v_jax.sampling.config import pipeline_config as make_pipeline_config
+from swifti2v_jax.sampling.models import ModelSpecs
 from swifti2v_jax.sampling.residency import ResidentModels
 
 FIRST_HELD_OUT_SEED = 1_000_000
@@ -72,14 +74,16 @@ class DemoModels:
             )
         vae_config, self.vae_params = checkpoints.load(weights / "vae", kind="vae")
         self.vae_config = vae.as_config(vae_config)
-        stage1_config, self.stage1_params = load_dit(weights / "dit", dit_weights)
-        self.stage1_config = DiTConfig.from_dict(stage1_config)
-        stage2_config, self.stage2_params = load_dit(weights / "stage2", dit_weights)
-        self.stage2_config = DiTConfig.from_dict(stage2_config)
-        self.text = TextEncoder(weights, text_len=text_len)
+        stage1_config, stage1_params = load_dit(weights / "dit", dit_weights)
+        stage2_config, stage2_params = load_dit(weights / "stage2", dit_weights)
+        self.specs = ModelSpecs(
+            stage1=DiTConfig.from_dict(stage1_config), stage1_vae=self.vae_config,
+            stage2=DiTConfig.from_dict(stage2_config), vae=self.vae_config, t5=None,
+        )  # fmt: skip
+        self.text = text.PromptEncoder.from_checkpoint(weights / "t5", text_len=text_len)
         self.resident = ResidentModels(
-            stage1_dits=(self.stage1_params,), stage1_vae=self.vae_params,
-            stage2_dit=self.stage2_params, vae=self.vae_params,
+            stage1_dits=(stage1_params,), stage1_vae=self.vae_params,
+            stage2_dit=stage2_params, vae=self.vae_params, text_encoder=self.text,
         )  # fmt: skip
 
 
@@ -100,14 +104,8 @@ def load_dit(path: Path, dit_weights: str):
 
 
 def encode_context(models: DemoModels, prompt: str) -> jax.Array:
-    return jnp.asarray(records.pad_context(models.text(prompt), models.text.text_len))[None]
-
-
-def stage2_video(models, denoiser, z_ref, anchor, context, key) -> np.ndarray:
-    latents = orchestrator.stage2_latents(
-        denoiser, models.stage2_params, z_ref, anchor, context, key=key
-    )
-    return decode(models, latents)
+    """[1, text_len, d]: the prompt's embedding, zero rows past it."""
+    return jnp.asarray(models.text(prompt))
 
 
 def decode(models, latents) -> np.ndarray:
@@ -130,7 +128,7 @@ def make_denoisers(models, csg_config) -> dict[str, stage2.WindowDenoiser]:
     """One compiled Stage II program per attention mode, reused for every clip."""
     return {
         method: stage2.WindowDenoiser(
-            models.stage2_config, dataclasses.replace(csg_config, attention=attention)
+            models.specs.stage2, dataclasses.replace(csg_config, attention=attention)
         )
         for method, attention in (("stage2", "bidirectional"), ("read_only", "read_only"))
     }
@@ -165,10 +163,11 @@ def evaluate_clip(
     scores["vae"] = _scores(np.asarray(recon)[0], high)
 
     # Stage I from the low-res first frame (TI2V image-to-video)
-    stage1_low = orchestrator.stage1_video(
-        models.resident, models.stage1_config, models.vae_config, pipeline_config.stage1,
-        jnp.asarray(low[None, 0]), frames=frames, context=context, key=key_stage1,
+    clip = functools.partial(
+        orchestrator.run_clip, models.resident, models.specs, pipeline_config, context=context,
+        stage1_key=key_stage1, stage2_key=key_stage2,
     )  # fmt: skip
+    stage1_low = clip(image_lo=jnp.asarray(low[None, 0]), frames=frames, until="stage1").video_low
 
     # "Follows the input": Stage I's low-res video against the camera-moved truth, per frame.
     scores["follows"] = _scores(np.asarray(stage1_low)[0], low)
@@ -178,18 +177,25 @@ def evaluate_clip(
     videos = {}
     low_videos = {"oracle": jnp.asarray(low[None]), "vae_oracle": low_through_vae}
     for protocol, video_low in (*low_videos.items(), ("pipeline", stage1_low)):
-        upsampled = np.array(reference.resize_frames(video_low, height, width)[0])
-        upsampled[0] = high[0]  # both methods are given the input image as frame 0
-        z_ref, anchor = orchestrator.reference_latents(
-            models.vae_params, models.vae_config, video_low, image
-        )
-        outputs = {"bicubic": upsampled, "z_ref": decode(models, z_ref)}
+        # the hybrid reference in pixels: both methods are given the input image as frame 0
+        upsampled = np.asarray(reference.hybrid_reference(video_low, image)[0])
+        given = clip(video_low=video_low, image_hi=image, until="reference")
+        outputs = {"bicubic": upsampled, "z_ref": decode(models, given.z_ref)}
         for method, denoiser in denoisers.items():
-            outputs[method] = stage2_video(models, denoiser, z_ref, anchor, context, key_stage2)
+            made = clip(z_ref=given.z_ref, anchor=given.anchor, denoiser=denoiser)
+            outputs[method] = np.asarray(made.video)[0]
         for method, video in outputs.items():
             scores[f"{protocol}/{method}"] = _scores(video, high)
         videos[protocol] = outputs
     return scores, high, videos
+
+
+STAGE2_SETTINGS = ("noisy_blocks", "neighbours", "steps", "solver", "sigma_start",
+                   "neighbour_sigma", "ensemble")  # fmt: skip
+
+
+def _fields(config, names) -> dict:
+    return {name: getattr(config, name) for name in names}
 
 
 def _scores(video, truth) -> dict:
@@ -364,20 +370,8 @@ def run(
             first_clip_seed=first_clip_seed,
             weights=str(weights),
             dit_weights=dit_weights,
-            stage2=dict(
-                noisy_blocks=pipeline_config.stage2.noisy_blocks,
-                neighbours=pipeline_config.stage2.neighbours,
-                steps=pipeline_config.stage2.steps,
-                solver=pipeline_config.stage2.solver,
-                sigma_start=pipeline_config.stage2.sigma_start,
-                neighbour_sigma=pipeline_config.stage2.neighbour_sigma,
-                ensemble=pipeline_config.stage2.ensemble,
-            ),
-            stage1=dict(
-                steps=pipeline_config.stage1.steps,
-                solver=pipeline_config.stage1.solver,
-                input_residual=pipeline_config.stage1.input_residual,
-            ),
+            stage2=_fields(pipeline_config.stage2, STAGE2_SETTINGS),
+            stage1=_fields(pipeline_config.stage1, ("steps", "solver", "input_residual")),
         ),  # fmt: skip
         "segment_frames": segments,
         "summary": summarise(per_clip, segments),

@@ -148,6 +148,66 @@ def stage2_latents(denoiser: stage2.WindowDenoiser, params, z_ref, anchor, conte
     )  # fmt: skip
 
 
+@dataclasses.dataclass
+class Clip:
+    """What `run_clip` made, stage by stage (None where a stage was given or not run)."""
+
+    video_low: jax.Array | None = None  # Stage I's low-res video [B, F, h, w, 3]
+    z_ref: jax.Array | None = None  # the hybrid reference's latents [B, T, h, w, C]
+    anchor: jax.Array | None = None  # the input image's latent [B, 1, h, w, C]
+    latents: jax.Array | None = None  # Stage II's latents [B, T, h, w, C]
+    video: jax.Array | None = None  # the decoded 2K video [B, F, H, W, 3]
+
+
+CLIP_STAGES = ("stage1", "reference", "stage2", "decode")
+
+
+def run_clip(
+    models, specs: ModelSpecs, config: PipelineConfig, *, context, uncond=None,
+    image_lo=None, image_hi=None, frames: int | None = None, stage1_key=None, stage2_key=None,
+    video_low=None, z_ref=None, anchor=None, denoiser: stage2.WindowDenoiser | None = None,
+    until: str = "decode",
+) -> Clip:  # fmt: skip
+    """The stage sequence on one whole clip held at once, with the models of `models`
+    (sampling/residency.py; e.g. ResidentModels, already in memory): Stage I from `image_lo`
+    -> hybrid reference with `image_hi` -> Stage II CSG -> decode, stopping after `until`.
+
+    The tools that study one stage enter later with that stage's input: `video_low` (a given
+    low-res video instead of Stage I), or `z_ref` and `anchor` (a prepared record). `run`
+    is the streamed form for sample.py: the same result chunk by chunk
+    (tests/test_streaming.py). `denoiser`: a compiled Stage II program to reuse across clips
+    (default: a new one for config.stage2). Text embeddings come encoded (`context`,
+    `uncond`), since tools encode and cache their captions their own way."""
+    if until not in CLIP_STAGES:
+        raise ValueError(f"until must be one of {CLIP_STAGES}, got {until!r}")
+    clip = Clip(video_low=video_low, z_ref=z_ref, anchor=anchor)
+    if z_ref is None and video_low is None:
+        clip.video_low = stage1_video(
+            models, specs.stage1, specs.stage1_vae, config.stage1, image_lo, frames=frames,
+            context=context, uncond=uncond, key=stage1_key,
+        )  # fmt: skip
+    if until == "stage1":
+        return clip
+    if z_ref is None:
+        clip.z_ref, clip.anchor = reference_latents(
+            models.get_vae(), specs.vae, clip.video_low, image_hi, config.memory.encode_tiles
+        )
+    if until == "reference":
+        return clip
+    denoiser = denoiser or stage2.WindowDenoiser(specs.stage2, config.stage2)
+    clip.latents = stage2_latents(
+        denoiser, models.get_stage2_dit(), clip.z_ref, clip.anchor, context, uncond=uncond,
+        key=stage2_key,
+    )  # fmt: skip
+    if until == "decode":
+        memory = config.memory
+        clip.video = vae_lib.decode(
+            models.get_vae(), specs.vae, clip.latents,
+            tile_size=memory.decode_tile_size or None, tile_overlap=memory.decode_tile_overlap,
+        )  # fmt: skip
+    return clip
+
+
 def prepare_images(image, plan: SizePlan):
     """A PIL image -> (image at the target size [1, H, W, 3], at Stage I's size)."""
     sizes = ((plan.width, plan.height), (plan.stage1_width, plan.stage1_height))
