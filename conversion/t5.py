@@ -47,32 +47,35 @@ _HF_BLOCK_RULES = [
 ]
 
 
-def hf_to_original(name: str) -> str:
-    """A transformers UMT5EncoderModel key -> the original key (unknown names pass through)."""
-    if name in _HF_EMBEDDINGS:
-        return "token_embedding.weight"
-    if name == "encoder.final_layer_norm.weight":
-        return "norm.weight"
-    match = re.fullmatch(r"encoder\.block\.(\d+)\.(.+)", name)
+# (transformers, original) outside the blocks, and each block's prefix in either naming
+_HF_TOP_LEVEL = (("shared.weight", "token_embedding.weight"),
+                 ("encoder.final_layer_norm.weight", "norm.weight"))  # fmt: skip
+_BLOCK_PREFIX = ("encoder.block", "blocks")
+
+
+def _rename(name: str, source: int) -> str:
+    """One naming to the other: `source` 0 = transformers -> original, 1 = the inverse
+    (unknown names pass through)."""
+    target = 1 - source
+    for pair in _HF_TOP_LEVEL:
+        if name == pair[source]:
+            return pair[target]
+    match = re.fullmatch(re.escape(_BLOCK_PREFIX[source]) + r"\.(\d+)\.(.+)", name)
     if match:
-        for hf, original in _HF_BLOCK_RULES:
-            if match.group(2) == hf:
-                return f"blocks.{match.group(1)}.{original}"
+        for rule in _HF_BLOCK_RULES:
+            if match.group(2) == rule[source]:
+                return f"{_BLOCK_PREFIX[target]}.{match.group(1)}.{rule[target]}"
     return name
+
+
+def hf_to_original(name: str) -> str:
+    """A transformers UMT5EncoderModel key -> the original key (either tied embedding name)."""
+    return _rename("shared.weight" if name in _HF_EMBEDDINGS else name, 0)
 
 
 def original_to_hf(name: str) -> str:
     """The inverse mapping (the embedding goes to `shared.weight`)."""
-    if name == "token_embedding.weight":
-        return "shared.weight"
-    if name == "norm.weight":
-        return "encoder.final_layer_norm.weight"
-    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-    if match:
-        for hf, original in _HF_BLOCK_RULES:
-            if match.group(2) == original:
-                return f"encoder.block.{match.group(1)}.{hf}"
-    return name
+    return _rename(name, 1)
 
 
 # --------------------------------------------------------------------------------------------
