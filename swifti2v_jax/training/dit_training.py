@@ -173,7 +173,10 @@ def export_model(
         return
     parameters = program.parameters
     params = jax.device_get(parameters.compose(trainable, parameters.frozen))
-    checkpoints.save(out_dir, "dit", program.model_config.to_dict(), params, trained_steps=step)
+    checkpoints.save(
+        out_dir, "dit", program.model_config.to_dict(), params, trained_steps=step,
+        **trained_with.to_metadata(),
+    )  # fmt: skip
     logging.info("exported the trained model to %s", out_dir)
 
 
