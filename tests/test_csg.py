@@ -96,7 +96,9 @@ def test_guidance_is_the_cfg_formula_on_known_velocities():
     uncond = jnp.full_like(context, -0.7)  # velocity offset -0.7 against context[0, 0, 0]
 
     def run(guide_scale, text, negative):
-        denoiser = csg.WindowDenoiser(config, csg.Stage2SamplerConfig(guide_scale=guide_scale, **base))
+        denoiser = csg.WindowDenoiser(
+            config, csg.Stage2SamplerConfig(guide_scale=guide_scale, **base)
+        )
         denoiser.model = _AffineModel(config.out_dim)
         return np.asarray(
             csg.generate(

@@ -194,7 +194,7 @@ def run_clip(
         )
     if until == "reference":
         return clip
-    denoiser = denoiser or stage2.WindowDenoiser(specs.stage2, config.stage2)
+    denoiser = denoiser or models.get_stage2_denoiser(specs.stage2, config.stage2)
     clip.latents = stage2_latents(
         denoiser, models.get_stage2_dit(), clip.z_ref, clip.anchor, context, uncond=uncond,
         key=stage2_key,
@@ -212,8 +212,7 @@ def prepare_images(image, plan: SizePlan):
     """A PIL image -> (image at the target size [1, H, W, 3], at Stage I's size)."""
     sizes = ((plan.width, plan.height), (plan.stage1_width, plan.stage1_height))
     return tuple(
-        jnp.asarray(image_io.to_array(image_io.crop_resize(image, w, h)))[None]
-        for w, h in sizes
+        jnp.asarray(image_io.to_array(image_io.crop_resize(image, w, h)))[None] for w, h in sizes
     )
 
 
