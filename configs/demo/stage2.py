@@ -11,7 +11,7 @@ Windows: the anchor (input image), N=1 neighbour and M=1 noisy block, 3 x 128 to
 width 128) could not even pass z_ref through. Shipped run: 4500 steps, 45 min on 2 CPU
 cores, loss 1.7 -> 0.13. This is phase 1 of 3: on held-out clips it tied bicubic with Stage
 I's output and drifted below the decoded z_ref it is given, so stage2_neighbours.py and
-stage2_rollout.py fine-tune it on noised and self-generated neighbours (README "Demo models").
+stage2_rollout.py fine-tune it on noised and self-generated neighbours (docs/demo.md).
 """
 
 import ml_collections

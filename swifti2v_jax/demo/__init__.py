@@ -1,10 +1,10 @@
 """The bundled demo: an example image, a default prompt, and the demo models.
 
 `swifti2v_jax/demo/weights/` is where trained demo checkpoints go (dit/ stage2/ vae/ t5/
-tokenizer/, made by `python -m swifti2v_jax.demo.reproduce --install`; README "Demo
-models"). Without them (or for the A14B Stage I backbone) `build.ensure_random_demo()`
-writes tiny random-init checkpoints of the same layout into a cache directory, so
-`sample.py` still runs end to end (the video is then noise).
+tokenizer/, made by `python -m swifti2v_jax.demo.reproduce --install`; docs/demo.md).
+Without them (or for the A14B Stage I backbone) `build.ensure_random_demo()` writes tiny
+random-init checkpoints of the same layout into a cache directory, so `sample.py` still
+runs end to end (the video is then noise).
 """
 
 import os

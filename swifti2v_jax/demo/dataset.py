@@ -78,7 +78,7 @@ class Stage1Videos:
         )
         sampler = pipeline_config(sample_presets.get_config("demo"))
         # Stage I's raw video, as the shipped Stage II phase 5 was trained on: retrained on
-        # references with the input residual it did no better (README "Photographs").
+        # references with the input residual it did no better (docs/demo.md, "Photographs").
         stage1 = dataclasses.replace(sampler.stage1, input_residual=False)
         self.sampler = dataclasses.replace(sampler, stage1=stage1)
         self.text_len = sampler.text_len

@@ -70,7 +70,7 @@ class DemoModels:
         ]  # fmt: skip
         if missing:
             raise ValueError(
-                f"{weights} lacks {missing}: train the demo models first (README, 'Demo models')"
+                f"{weights} lacks {missing}: train the demo models first (docs/demo.md)"
             )
         vae_config, self.vae_params = checkpoints.load(weights / "vae", kind="vae")
         self.vae_config = vae.as_config(vae_config)

@@ -1,8 +1,8 @@
 """sample.py settings (the presets of sample.py and the library): `get_config(preset)`,
 preset one of
 
-  demo               (default) the bundled demo models, 128x64, 17 frames; about 13 s on
-                     2 CPU cores.
+  demo               (default) the bundled demo models, 128x64, 17 frames (timings, cold
+                     and warm: benchmarks/results/sample_timing).
   swifti2v_2k        the paper's setting with public weights: Stage I = Wan2.2-I2V-A14B with the
                      Lightning 4-step LoRAs merged at conversion (640x352, 4 Euler steps,
                      shift 5, no CFG, expert boundary 0.9); Stage II = Wan2.2-TI2V-5B in
@@ -106,7 +106,7 @@ def demo() -> ml_collections.ConfigDict:
     # closest to the truth in PSNR (more steps draw sharper but less faithful samples),
     # averaged over 8 noise draws (`ensemble`): single draws err each in their own way, which
     # flickered (frame change 0.035 on astronaut, the truth's 0.015). Neighbours enter noised
-    # to 0.6. Chosen on validation clips (README "Demo models"), Stage II - bicubic, pipeline,
+    # to 0.6. Chosen on validation clips (docs/demo.md), Stage II - bicubic, pipeline,
     # photos / procedural: one draw from 0.9 +1.36 / +1.20 dB (before input_residual);
     # with input_residual (a stronger bicubic) 4 draws from 0.9 +1.14 / +1.22, from 0.8
     # +1.15 / +1.29, 8 draws from 0.8 +1.21 / +1.32. The training rollouts were made with
