@@ -114,23 +114,17 @@ def test_streamed_run_equals_the_whole_clip_stages_exactly(ti2v_root, chunk, ove
     frames = np.concatenate([e for e in events if not isinstance(e, str)])
     assert frames.shape == (21, 32, 32, 3)
 
-    # The same seed through the stages one after the other on the whole clip.
+    # The same seed through the stages one after the other on the whole clip: the
+    # orchestrator's whole-clip entry point, as the tools use it.
     key1, key2 = jax.random.split(jax.random.key(5))
     image_hi, image_lo = orchestrator.prepare_images(image, plan)
     resident = ResidentModels(**models)
-    context = jnp.asarray(resident.text_encoder("p"))
-    video_low = orchestrator.stage1_video(
-        resident, specs.stage1, specs.stage1_vae, config.stage1, image_lo, frames=21,
-        context=context, key=key1,
+    clip = orchestrator.run_clip(
+        resident, specs, config, context=jnp.asarray(resident.text_encoder("p")),
+        image_lo=image_lo, image_hi=image_hi, frames=21, stage1_key=key1, stage2_key=key2,
     )  # fmt: skip
-    z_ref, anchor = orchestrator.reference_latents(models["vae"], specs.vae, video_low, image_hi)
-    denoiser = stage2.WindowDenoiser(specs.stage2, config.stage2)
-    latents = stage2.generate(
-        denoiser, models["stage2_dit"], z_ref=z_ref, anchor=anchor, context=context, key=key2
-    )
-    np.testing.assert_array_equal(np.asarray(streamed.latents), np.asarray(latents))
-    whole = frames_to_uint8(vae_lib.decode(models["vae"], specs.vae, latents)[0])
-    np.testing.assert_array_equal(frames, whole)
+    np.testing.assert_array_equal(np.asarray(streamed.latents), np.asarray(clip.latents))
+    np.testing.assert_array_equal(frames, frames_to_uint8(clip.video[0]))
 
     # A longer clip (more chunks; a first, middle and last chunk like the shorter one, with
     # the same last-chunk remainder) compiles only programs of the shapes the shorter one
