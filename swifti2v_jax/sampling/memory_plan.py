@@ -203,7 +203,9 @@ def tree_bytes(tree, host: bool | None = None) -> int:
     for leaf in jax.tree.leaves(tree):
         if not hasattr(leaf, "shape"):
             continue
-        on_host = getattr(getattr(leaf, "sharding", None), "memory_kind", None) == layer_streaming.HOST
+        on_host = (
+            getattr(getattr(leaf, "sharding", None), "memory_kind", None) == layer_streaming.HOST
+        )
         if host is None or host == on_host:
             total += math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
     return total

@@ -120,10 +120,10 @@ def run_layout(stage1_dit: DiTConfig, stage2: DiTConfig, config: PipelineConfig)
         except ValueError as e:
             raise PipelineError(str(e)) from None
     stream = config.memory.stream_layers
-    if stream != "off" and not streaming.supports_host_memory():
+    if stream != "off" and not layer_streaming.supports_host_memory():
         raise PipelineError(
-            f"memory.stream_layers={stream!r} needs the {streaming.HOST!r} memory kind, which "
-            "this backend does not offer; set it to 'off'"
+            f"memory.stream_layers={stream!r} needs the {layer_streaming.HOST!r} memory kind, "
+            "which this backend does not offer; set it to 'off'"
         )
     stage1_dit = stage1_dit.replace(stream_layers=stream in ("stage1", "both"))
     stage2 = stage2.replace(stream_layers=stream in ("stage2", "both"))

@@ -19,7 +19,7 @@ from jax.sharding import SingleDeviceSharding
 
 from swifti2v_jax.csg import reference
 from swifti2v_jax.models import dit as dit_lib
-from swifti2v_jax.models import quant, layer_streaming
+from swifti2v_jax.models import layer_streaming, quant
 from swifti2v_jax.models import vae as vae_lib
 from swifti2v_jax.models.vae_streaming import _add_tile, _take_tile
 from swifti2v_jax.sampling import solvers, stage1, stage1_a14b, stage2
@@ -140,7 +140,9 @@ def _a14b_programs(specs, config, text, length, latent1, p_vae1) -> list[Program
     )  # fmt: skip
     x = _struct((1, length, *latent1, specs.stage1.out_dim))
     condition = _struct((1, length, *latent1, vae1.z_dim + stage1_a14b.MASK_CHANNELS))
-    sigmas, timesteps = (_struct(a.shape) for a in solvers.as_schedule_arrays(cfg.sampling_schedule))
+    sigmas, timesteps = (
+        _struct(a.shape) for a in solvers.as_schedule_arrays(cfg.sampling_schedule)
+    )
     expert = dit_params(specs.stage1, config.memory.dit_weights)
     if config.memory.swap_stage1_experts:
         state = jax.eval_shape(solvers.make_solver(cfg.solver).init, x)
