@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    for name in args.cases.split(","):
+    for name in [n for n in args.cases.split(",") if n]:
         with tempfile.TemporaryDirectory() as tmp:
             results[name] = run(CASES[name], Path(tmp))
         print(name, results[name], flush=True)
