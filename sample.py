@@ -48,6 +48,11 @@ with cli.config_errors("sample.py"):  # applies --config.x overrides already (ml
     )
 flags.DEFINE_string("image", None, "Input image (default: the bundled example image).")
 flags.DEFINE_string("prompt", None, "Text prompt (default: the example prompt).")
+flags.DEFINE_string(
+    "prompts",
+    None,
+    "Prompt timeline: a text file, one prompt per Stage I chunk per line (docs/long-video.md).",
+)
 flags.DEFINE_string("negative_prompt", None, "Negative prompt ('' = Wan2.2's default).")
 flags.DEFINE_string("output", None, "Output .mp4 path.")
 flags.DEFINE_bool("no-overwrite", False, "Refuse to replace an existing --output.")
@@ -96,8 +101,22 @@ UsageError = cli.UserError  # ends the run with a one-line message (no traceback
 
 def apply_flag_overrides(config) -> None:
     override(config, {field: getattr(FLAGS, flag) for flag, field in _OVERRIDES.items()})
+    if FLAGS.prompts:
+        override(config, {"prompts": read_timeline(FLAGS.prompts)})
     if FLAGS["no-overwrite"].value:
         override(config, {"overwrite": False})
+
+
+def read_timeline(path: str) -> list[str]:
+    """--prompts FILE: one prompt per non-blank line."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise cli.UsageError(f"--prompts {file} is not a file")
+    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise cli.UsageError(f"--prompts {file} has no prompt")
+    return prompts
 
 
 def main(argv) -> int:

@@ -147,7 +147,7 @@ class Prepared:
     summary_path: Path | None
     image_path: Path
     image: Any
-    prompt: str
+    prompt: str | list[str]  # a list: a prompt timeline, one per Stage I chunk
     pipeline: Any
     plan: Any
     demo_note: str | None
@@ -186,6 +186,13 @@ def prepare(config) -> Prepared:
     prompt = config.prompt if config.prompt is not None else demo.EXAMPLE_PROMPT
     if not prompt.strip():
         raise UsageError("--prompt is empty; give a prompt, or leave --prompt out for the example")
+    timeline = config.get("prompts")  # a prompt timeline: one per Stage I chunk (or None)
+    if timeline:
+        if config.prompt is not None:
+            raise UsageError("give --prompt or --prompts (a timeline), not both")
+        if not all(isinstance(p, str) and p.strip() for p in timeline):
+            raise UsageError("--prompts: every prompt of the timeline must be non-empty text")
+        prompt = list(timeline)
 
     # 2. Checkpoints: config files only (no weights yet), then sizes and the frame count
     #    against the models (the VAE's temporal stride).
@@ -197,13 +204,24 @@ def prepare(config) -> Prepared:
         )
     paths = pipeline_lib.resolve_model_paths(checkpoints, pipeline_config.stage1.backbone)
     pipeline = pipeline_lib.SwiftI2VPipeline(pipeline_config, paths)
-    _note_long_prompt(prompt, paths.tokenizer, pipeline_config.text_len)
+    for text in [prompt] if isinstance(prompt, str) else dict.fromkeys(prompt):
+        _note_long_prompt(text, paths.tokenizer, pipeline_config.text_len)
     if size is None:
         size = pipeline_lib.auto_resolution(
             pipeline.specs, pipeline_config, image.size, int(config.max_area)
         )
         log(f"resolution auto: {size[0]}x{size[1]} for a {image.size[0]}x{image.size[1]} image")
     plan = pipeline.plan(size[0], size[1], int(config.frames))
+    if not isinstance(prompt, str):
+        from swifti2v_jax.sampling import orchestrator
+
+        chunks = orchestrator.chunk_count(pipeline.specs, pipeline_config, plan.frames)
+        try:
+            orchestrator.timeline(prompt, chunks)
+        except ValueError as e:
+            raise UsageError(f"--prompts: {e}") from None
+        if len(set(prompt)) > 1 and pipeline_config.stage1.backbone != "ti2v":
+            raise UsageError("--prompts: a timeline of several prompts needs a ti2v Stage I")
     image_io.check_large_enough(image.size, plan.stage1_width, plan.stage1_height, image_name)
     fit = image_io.fit_note(image.size, plan.width, plan.height)
     if fit:

@@ -2,7 +2,8 @@
 
 Each line of the manifest is a JSON object, one clip: `name` (the output is OUT/<name>.mp4),
 and any of `image`, `prompt`, `seed`, `frames`, `resolution`, `negative_prompt`, or a dotted
-field of the sample config (`"stage2.steps": 4`) overriding the run's settings for that row.
+field of the sample config (`"stage2.steps": 4`) overriding the run's settings for that row;
+`prompts` (a list, one prompt per Stage I chunk) is a prompt timeline instead of `prompt`.
 
 The models load once (sampling/residency.py `WarmModels`) and each distinct shape compiles
 once: rows are grouped by their plan and sampler settings and run group by group. Every row
@@ -100,14 +101,17 @@ def _parse_row(text: str, line: int, index: int, config) -> Row:
         raise ValueError("'name' (the output's file name, without .mp4) is missing")
     if "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"name {name!r} must be a plain file name (no '/', no leading '.')")
-    if "prompts" in data:
-        raise ValueError("'prompts' (a prompt timeline) is not supported yet; give 'prompt'")
+    if "prompts" in data:  # a prompt timeline (docs/long-video.md): not a preset field
+        prompts = data.pop("prompts")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("'prompts' must be a list of prompts, one per Stage I chunk")
+        data["prompts"] = prompts
     fields = {}
     for key, value in data.items():
         field = ROW_FIELDS.get(key, key)
         if field in RESERVED_FIELDS:
             raise ValueError(f"{key!r} is set by the manifest run, not by a row")
-        if not _has_field(config, field):
+        if field != "prompts" and not _has_field(config, field):
             raise ValueError(f"unknown field {key!r}")
         fields[field] = value
     return Row(line, index, name, fields)
@@ -238,14 +242,21 @@ def run(
     report.shapes = len(groups)
     queue = [item for group in groups.values() for item in group]  # shape by shape
     lanes = list(devices) if devices else [None]
-    threads = [
-        threading.Thread(target=_run_lane, args=(queue[i :: len(lanes)], device, report, log))
-        for i, device in enumerate(lanes)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    if len(lanes) == 1:  # in the main thread: a signal stops the row at once (cli.py)
+        _run_lane(queue, lanes[0], report, log)
+    else:
+        # One thread per device (XLA runs without the GIL); daemons, so that a signal ends
+        # the process (their unfinished mp4s are partials, removed by the next run).
+        threads = [
+            threading.Thread(
+                target=_run_lane, args=(queue[i :: len(lanes)], device, report, log), daemon=True
+            )
+            for i, device in enumerate(lanes)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     report.done.sort(key=lambda d: d["line"])
     report.failed.sort(key=lambda f: f.line)
     report.xla_compilations = compilations() - compiles_before

@@ -176,11 +176,15 @@ def test_two_processes_of_two_devices_killed_and_rerun(tmp_path):
     env = dict(_env(), PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS")
     first = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-    while not list(out.glob("*.mp4")) and first.poll() is None:
+
+    def finished():  # not the writers' partial files (.NAME.mp4.*.partial.mp4)
+        return sorted(p.stem for p in out.glob("*.mp4") if not p.name.startswith("."))
+
+    while not finished() and first.poll() is None:
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGTERM)
     first.wait()
-    finished = sorted(p.stem for p in out.glob("*.mp4"))
+    finished = finished()
     assert 0 < len(finished) < 6
     subprocess.run(command, cwd=ROOT, env=env, check=True)
     reports = [json.loads((out / f"manifest-report-p{i}.json").read_text()) for i in range(2)]

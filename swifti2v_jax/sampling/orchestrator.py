@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -77,6 +77,49 @@ def encode_text(encoder, prompt: str, negative_prompt: str, needs_negative: bool
     return context, uncond
 
 
+def chunk_count(specs: ModelSpecs, config: PipelineConfig, frames: int) -> int:
+    """How many Stage I chunks a clip of `frames` takes (one prompt each in a timeline)."""
+    stage1_config = config.stage1
+    latents = vae_lib.num_latent_frames(specs.stage1_vae, frames)
+    return len(stage1.chunk_plan(latents, stage1_config.chunk_latents, stage1_config.overlap))
+
+
+def timeline(prompt: str | Sequence[str], chunks: int) -> list[str]:
+    """One prompt per Stage I chunk: a single prompt for all, or a list of exactly `chunks`."""
+    if isinstance(prompt, str):
+        return [prompt] * chunks
+    prompts = list(prompt)
+    if len(prompts) != chunks:
+        raise ValueError(
+            f"the prompt timeline has {len(prompts)} prompt(s); this clip has {chunks} Stage I "
+            "chunk(s) (give one prompt per chunk)"
+        )
+    return prompts
+
+
+def block_chunks(specs: ModelSpecs, config: PipelineConfig, plan: SizePlan) -> list[int]:
+    """The Stage I chunk that made each Stage II latent block: that of the block's first
+    pixel frame (the two stages' VAEs may group frames differently)."""
+    stage1_config = config.stage1
+    owner = stage1.chunk_of_latents(
+        vae_lib.num_latent_frames(specs.stage1_vae, plan.frames),
+        stage1_config.chunk_latents,
+        stage1_config.overlap,
+    )
+    factor1, factor2 = (vae_lib.temporal_factor(v) for v in (specs.stage1_vae, specs.vae))
+    first_frames = [0] + [(b - 1) * factor2 + 1 for b in range(1, plan.latent_frames)]
+    return [owner[0 if f == 0 else (f - 1) // factor1 + 1] for f in first_frames]
+
+
+def encode_timeline(encoder, prompts: Sequence[str]) -> list:
+    """-> one context [1, L, d] per chunk (each distinct prompt encoded once)."""
+    encoded: dict[str, Any] = {}
+    for text in prompts:
+        if text not in encoded:
+            encoded[text] = jnp.asarray(encoder(text))
+    return [encoded[text] for text in prompts]
+
+
 def stage1_video_chunks(
     models, vae_params, dit_config, vae_config, config: stage1.Stage1Config, image_lo, *,
     frames: int, context, uncond=None, key, on_expert=None,
@@ -100,6 +143,8 @@ def stage1_video_chunks(
             vae_config=vae_config,
         )  # fmt: skip
     else:
+        if isinstance(context, (list, tuple)):  # a timeline of one prompt (`run` checks)
+            context = context[0]
         experts = models.expert_loaders() if models.swaps_experts else tuple(dits)
         chunks = stage1_a14b.a14b_chunks(
             *experts, vae_params, vae_config, dit_config, config, image=image_lo, frames=frames,
@@ -221,7 +266,7 @@ def run(
     specs: ModelSpecs,
     config: PipelineConfig,
     image,
-    prompt: str,
+    prompt: str | Sequence[str],
     plan: SizePlan,
     *,
     negative_prompt: str = "",
@@ -240,19 +285,20 @@ def run(
     image: an RGB PIL image (any size; resized and centre-cropped to the plan's sizes).
     keep_latents: also return the whole clip's Stage II latents (they grow with the clip).
     on_progress: called with a `Progress` at each step; what it raises ends the run.
+    prompt: one prompt, or a timeline of one prompt per Stage I chunk (`timeline`): each chunk
+    is conditioned on its own, and each Stage II segment on that of the chunk that made its
+    first new frame (stage1.chunk_of_latents); the embeddings are program arguments, so one
+    compiled program serves every prompt.
     """
     clock = clock or StageClock()
     start = time.perf_counter()
     compilations_before = compilations()
     key_stage1, key_stage2 = jax.random.split(jax.random.key(seed))
     image_hi, image_lo = prepare_images(image, plan)
-    num_chunks = len(
-        stage1.chunk_plan(
-            vae_lib.num_latent_frames(specs.stage1_vae, plan.frames),
-            config.stage1.chunk_latents,
-            config.stage1.overlap,
-        )
-    )
+    num_chunks = chunk_count(specs, config, plan.frames)
+    prompts = timeline(prompt, num_chunks)
+    if config.stage1.backbone != "ti2v" and len(set(prompts)) > 1:
+        raise ValueError("a prompt timeline of several prompts needs the ti2v Stage I backbone")
     bar = progress_bar(
         total=plan.segments, desc="SwiftI2V", unit="segment", disable=not config.progress,
         file=sys.stderr,
@@ -273,9 +319,17 @@ def run(
     bar.set_postfix_str("text encoder")
     encoder = models.get_text_encoder()
     with clock("text"):
-        context, uncond = encode_text(
-            encoder, prompt, negative_prompt, config.needs_negative_prompt
-        )
+        if isinstance(prompt, str):
+            context, uncond = encode_text(
+                encoder, prompt, negative_prompt, config.needs_negative_prompt
+            )
+        else:
+            needs = config.needs_negative_prompt
+            uncond = jnp.asarray(encoder.negative(negative_prompt)) if needs else None
+            chunk_contexts = encode_timeline(encoder, prompts)
+            # Stage I: one per chunk; Stage II: one per latent block, its chunk's.
+            owner = block_chunks(specs, config, plan)
+            context = (chunk_contexts, [chunk_contexts[k] for k in owner])
     models.done_text(encoder)
 
     expert_forwards: dict[str, int] = {}
@@ -297,9 +351,11 @@ def run(
     traces_before = sum(stage1.TRACES.values())
     moved_before = vae_streaming.MOVED["bytes"]
     stage1_vae = models.get_stage1_vae()
+    stage1_context, stage2_context = context if isinstance(context, tuple) else (context,) * 2
     pieces = stage1_video_chunks(
         models, stage1_vae, specs.stage1, specs.stage1_vae, config.stage1, image_lo,
-        frames=plan.frames, context=context, uncond=uncond, key=key_stage1, on_expert=count,
+        frames=plan.frames, context=stage1_context, uncond=uncond, key=key_stage1,
+        on_expert=count,
     )  # fmt: skip
     streamer = None
     for index in range(num_chunks):
@@ -315,7 +371,7 @@ def run(
             models.done_stage1()
         if streamer is None:
             streamer = _StreamingPipeline(
-                models, specs, config, plan, image_hi, context, uncond, key_stage2, clock,
+                models, specs, config, plan, image_hi, stage2_context, uncond, key_stage2, clock,
                 timed_sink, bar, keep_latents,
             )  # fmt: skip
         streamer.push(video_low)
@@ -343,6 +399,7 @@ def run(
         stage1_chunks=num_chunks,
         # host <-> device bytes of the tiled VAE streams (caches, tile-major pixels)
         vae_stream_bytes=vae_streaming.MOVED["bytes"] - moved_before,
+        chunk_prompts=prompts,
         first_frame_seconds=round(first_frame[0], 3) if first_frame else None,
         stage2_tokens_per_forward=plan.tokens_per_forward,
         stage2_window_blocks=plan.windows[0].size,

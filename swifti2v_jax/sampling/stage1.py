@@ -340,6 +340,17 @@ def chunk_plan(num_latent_frames: int, chunk: int, overlap: int) -> list[tuple[i
     return plan
 
 
+def chunk_of_latents(num_latent_frames: int, chunk: int, overlap: int) -> list[int]:
+    """The chunk that makes each latent frame of the clip: the first chunk whose new frames
+    (after its known ones) include it (a prompt timeline's rule: a frame takes the prompt of
+    the chunk that makes it)."""
+    owner = [0] * num_latent_frames
+    for index, (start, known) in enumerate(chunk_plan(num_latent_frames, chunk, overlap)):
+        for t in range(start + known if index else 0, num_latent_frames):
+            owner[t] = index
+    return owner
+
+
 def chunk_length(num_latent_frames: int, config: Stage1Config) -> int:
     """Latent frames of every Stage I chunk (the one program's length): the clip for a single
     pass, else `chunk_latents` whatever the clip length."""
@@ -361,9 +372,13 @@ def ti2v_chunks(
     chunk is held, so memory does not grow with the clip; one program serves every chunk.
     A clip that fits one chunk is exactly `ti2v_image_to_video`, decoded.
     """
-    _check_ti2v(model_config, config, image_latent, num_latent_frames)
-    uncond = _uncond(config, context, uncond_context)
     plan = chunk_plan(num_latent_frames, config.chunk_latents, config.overlap)
+    # A prompt timeline: one embedding per chunk, each an argument of the one program.
+    contexts = list(context) if isinstance(context, (list, tuple)) else [context] * len(plan)
+    if len(contexts) != len(plan):
+        raise ValueError(f"{len(contexts)} prompt embeddings for {len(plan)} Stage I chunks")
+    _check_ti2v(model_config, config, image_latent, num_latent_frames)
+    uncond = _uncond(config, contexts[0], uncond_context)
     length = chunk_length(num_latent_frames, config)
     held = 1 if config.seam_release else config.overlap  # of each continuation chunk
     rewritten = vae_lib.temporal_factor(vae_config) * (config.overlap - held)
@@ -376,7 +391,7 @@ def ti2v_chunks(
             known = vae_lib.encode(vae_params, vae_config, frames)
             num_held = held
         chunk_key = key if index == 0 else jax.random.fold_in(key, index)
-        latents = _ti2v_chunk(params, model_config, config, known, length, context, uncond,
+        latents = _ti2v_chunk(params, model_config, config, known, length, contexts[index], uncond,
                               chunk_key, held=num_held)  # fmt: skip
         tail = rewritten if index + 1 < len(plan) else 0
         chunk = decoded_chunk(vae_params, vae_config, index, start, num_known, latents,

@@ -208,7 +208,8 @@ class SegmentRunner:
     order, every segment whose window is now complete. Only the blocks a later window still
     needs are kept (the anchor, z_ref from the next window's first block on, generated blocks
     from the next window's first neighbour on), so memory is one window plus what the caller
-    pushes at once, whatever the clip length. Noise depends only on (key, block index)
+    pushes at once, whatever the clip length. `context` is one text embedding, or one per block
+    (a prompt timeline: `_context`). Noise depends only on (key, block index)
     (`block_noise`), so any grouping of pushes gives the same segments bit for bit.
     """
 
@@ -293,8 +294,15 @@ class SegmentRunner:
         if config.neighbour_sigma > 0:
             current = noise_neighbours(current, is_noisy, config.neighbour_sigma, key, blocks)
         init = jnp.where(is_noisy[None, :, None, None, None], start, current)
-        return self.denoiser(self.params, init, ref, window, self.context, self.uncond,
+        return self.denoiser(self.params, init, ref, window, self._context(window), self.uncond,
                              self.schedule)  # fmt: skip
+
+    def _context(self, window: layout.Window) -> jax.Array:
+        """The text embedding of a window: with a prompt timeline (one embedding per block),
+        that of the first block the window makes."""
+        if isinstance(self.context, (list, tuple)):
+            return self.context[window.noisy_blocks[0]]
+        return self.context
 
 
 def generate(
