@@ -9,9 +9,8 @@ no weights) for `compiler` and returns `compiled.memory_analysis()`'s byte count
   per program on 2 cores).
 
 Results are cached on disk (<cache>/memory-plans/<key>.json, one file per program) keyed
-by the compiler, the jax
-version, the program's name, input signature and the configs that shape its body; the
-package ships the 2K presets' TPU figures (program_memory.json, written by
+by the compiler, the jax version, the program's name, input signature and the configs that
+shape its body; the package can ship the 2K presets' TPU figures (program_memory.json, by
 benchmarks/memory_plans.py), so `sample.py --plan` for a TPU target compiles nothing the
 benchmark already compiled.
 """
