@@ -5,6 +5,8 @@
     python sample.py --config=configs/sample.py:swifti2v_2k \\
         --stage1_checkpoints ckpt/i2v_a14b --checkpoints ckpt/ti2v_5b \\
         --image in.png --prompt "..." --output out.mp4 --summary out.json
+    python sample.py --manifest jobs.jsonl --output-dir OUT   # many clips (docs/manifest.md)
+    python sample.py --prompts story.txt --frames 161 ...     # a prompt per Stage I chunk
 
 Every input is checked before any model runs; a problem ends the run with one line on stderr,
 a non-zero exit status and no output file. The mp4 is written under a temporary name next to
