@@ -102,6 +102,33 @@ def test_plan_cache_sizes_are_the_streams_caches():
     assert encode.host(carried=False) == 0 and encode.device_others == 0
 
 
+def test_local_runtime_is_this_process_with_the_run_programs_compiled(monkeypatch):
+    """The local plan's host rows carry this process's RSS measured after compiling the
+    run's programs (a remote target: the stated constant)."""
+    from swifti2v_jax.presets import sample as sample_presets
+    from swifti2v_jax.run_plan import plan_inputs
+
+    specs, config, sizes = plan_inputs(sample_presets.get_config("demo"))
+    compiled = []
+    measured = memory_plan.local_runtime_bytes
+
+    def spy(programs):
+        compiled.extend(p.name for p in programs)
+        before = memory_plan.process_rss()
+        rss = measured(programs)
+        assert rss >= before * 0.9  # the same process, executables alive when measured
+        spy.rss = rss
+        return rss
+
+    monkeypatch.setattr(memory_plan, "local_runtime_bytes", spy)
+    plan = memory_plan.whole_run(specs, config, sizes, "local", compile_missing=False)
+    assert "stage2_window" in compiled and "stage1_dit_chunk" in compiled
+    assert all(p.host["runtime"] == spy.rss for p in plan.phases)
+    assert plan.host_peak[0] >= spy.rss
+    remote = memory_plan.whole_run(specs, config, sizes, "gpu-24gb", compile_missing=False)
+    assert all(p.host["runtime"] == memory_plan.RUNTIME_BYTES for p in remote.phases)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "preset, target", [("swifti2v_2k_24gb", "gpu-24gb"), ("swifti2v_2k_16gb", "v5e-1")]

@@ -6,9 +6,10 @@ the streamed run (sampling/orchestrator.py `run`) and counts, for each:
 - device bytes: the arrays resident at that moment (weights, caches, anchor, buffers) plus the
   running program's own bytes from XLA's memory plan (program_memory.py: compiled for the
   target, or XLA:CPU as the GPU proxy);
-- host bytes: the process's runtime, weights on the host (umT5 with text_encoder_on_host,
-  streamed kernels in pinned memory, a checkpoint being loaded and quantized), VAE tile
-  caches kept in host memory, the tile-major decode's pixel buffer;
+- host bytes: the process's runtime (local: measured, `local_runtime_bytes`), weights on the
+  host (umT5 with text_encoder_on_host, streamed kernels in pinned memory, a checkpoint being
+  loaded and quantized), VAE tile caches kept in host memory, the tile-major decode's pixel
+  buffer;
 - host <-> device bytes moved by the phase over the whole clip (it may run many times).
 
 The peaks are the largest phase figures; `check` raises PlanError naming the phase and the
@@ -35,8 +36,11 @@ from swifti2v_jax.sampling.models import ModelSpecs
 from swifti2v_jax.sampling.plan import SizePlan
 
 GB = 1e9
-# The host runtime of a real target (Python, jax, XLA, compiled programs, ffmpeg), not
-# counted elsewhere; the local target measures its own (this process's RSS when planning).
+# The host runtime of a remote target (Python, jax, XLA and its plugin, executables, compile
+# scratch), not counted elsewhere; the local target measures its own (`local_runtime_bytes`).
+# An allowance above what was measured here (docs/memory.md, "The runtime row"): a jax
+# process with libtpu loaded holds 0.48 GB before compiling, and the CPU runs at demo / mid
+# size peak at 0.52-0.87 GB with under 0.03 GB of arrays; CUDA's libraries were not measured.
 RUNTIME_BYTES = int(2e9)
 
 
@@ -225,6 +229,17 @@ def process_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def local_runtime_bytes(programs) -> int:
+    """This process's resident set once the run's programs are compiled on its backend: the
+    runtime a local run holds besides its arrays (Python, jax and XLA, the executables and
+    what compiling them left behind). With the run's persistent compilation cache the
+    compiles are loads, as in the run."""
+    executables = [p.fn.lower(*p.args).compile() for p in programs]
+    rss = process_rss()
+    del executables
+    return rss
+
+
 def _tile_cache_bytes(step_fn, params, config, first_in) -> int:
     _, cache = jax.eval_shape(lambda p, x: step_fn(p, config, None, x, True), params, first_in)
     return tree_bytes(cache)
@@ -298,7 +313,7 @@ def whole_run(
         return name, prog(name)
 
     notes: list[str] = []
-    runtime = process_rss() if target.compiler == "local" else RUNTIME_BYTES
+    runtime = local_runtime_bytes(programs) if target.compiler == "local" else RUNTIME_BYTES
     text = array_bytes((1, config.text_len, specs.stage1.text_dim))
     contexts = text * (2 if config.needs_negative_prompt else 1)
 
