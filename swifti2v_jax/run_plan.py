@@ -59,7 +59,7 @@ def print_plan(config, target: str, json_path: str | None) -> None:
     json_file = _check_summary_path(json_path) if json_path else None
     specs, pipeline_config, sizes = plan_inputs(config)
     plan = memory_plan.whole_run(
-        specs, pipeline_config, sizes, target, compile_missing=False,
+        specs, pipeline_config, sizes, target, compile_missing=False, measure_runtime=True,
         on_compile=lambda name: log(f"plan: compiling {name} (cached afterwards)"),
     )  # fmt: skip
     print(plan.table())

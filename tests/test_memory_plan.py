@@ -121,10 +121,16 @@ def test_local_runtime_is_this_process_with_the_run_programs_compiled(monkeypatc
         return rss
 
     monkeypatch.setattr(memory_plan, "local_runtime_bytes", spy)
-    plan = memory_plan.whole_run(specs, config, sizes, "local", compile_missing=False)
+    plan = memory_plan.whole_run(
+        specs, config, sizes, "local", compile_missing=False, measure_runtime=True
+    )
     assert "stage2_window" in compiled and "stage1_dit_chunk" in compiled
     assert all(p.host["runtime"] == spy.rss for p in plan.phases)
     assert plan.host_peak[0] >= spy.rss
+    # a run's own check measures the process as it is, compiling nothing twice
+    compiled.clear()
+    memory_plan.whole_run(specs, config, sizes, "local", compile_missing=False)
+    assert compiled == []
     remote = memory_plan.whole_run(specs, config, sizes, "gpu-24gb", compile_missing=False)
     assert all(p.host["runtime"] == memory_plan.RUNTIME_BYTES for p in remote.phases)
 

@@ -294,11 +294,14 @@ def program_context(specs: ModelSpecs, config: PipelineConfig) -> str:
 
 def whole_run(
     specs: ModelSpecs, config: PipelineConfig, sizes: SizePlan, target: Target | str,
-    *, on_compile=None, compile_missing: bool = True,
+    *, on_compile=None, compile_missing: bool = True, measure_runtime: bool = False,
 ) -> RunPlan:  # fmt: skip
     """The phases of `orchestrator.run` for `sizes` on `target` (no weights, no data).
     compile_missing=False: programs not yet compiled for a TPU target use XLA:CPU's figure
-    (listed in the notes) instead of compiling with libtpu (minutes each at 2K)."""
+    (listed in the notes) instead of compiling with libtpu (minutes each at 2K).
+    measure_runtime (target local): the runtime row is this process with the run's programs
+    compiled (`local_runtime_bytes`; `--plan`), else its RSS now (a run's own check, which
+    must not compile its programs twice)."""
     target = TARGETS[target] if isinstance(target, str) else target
     memory, cfg1 = config.memory, config.stage1
     programs = programs_lib.streamed_programs(specs, config, sizes)
@@ -313,7 +316,10 @@ def whole_run(
         return name, prog(name)
 
     notes: list[str] = []
-    runtime = local_runtime_bytes(programs) if target.compiler == "local" else RUNTIME_BYTES
+    if target.compiler != "local":
+        runtime = RUNTIME_BYTES
+    else:
+        runtime = local_runtime_bytes(programs) if measure_runtime else process_rss()
     text = array_bytes((1, config.text_len, specs.stage1.text_dim))
     contexts = text * (2 if config.needs_negative_prompt else 1)
 
