@@ -252,17 +252,27 @@ def test_presets_make_valid_pipeline_configs(preset):
     assert config.text_len == 512
     raw = sample_configs.get_config(preset)
     assert (raw.frames, raw.resolution) == (81, "2560x1408")
-    if preset in ("swifti2v_2k", "swifti2v_2k_concat", "swifti2v_2k_24gb"):
+    if preset in ("swifti2v_2k", "swifti2v_2k_concat", "swifti2v_2k_24gb", "swifti2v_2k_16gb"):
         # The Lightning few-step Stage I: 4 Euler steps, shift 5, no CFG, switch at t >= 900.
         assert config.stage1.backbone == "a14b" and not config.stage1.uses_cfg
         assert stage1.expert_steps(config.stage1) == {"high_noise": 2, "low_noise": 2}
     expected = "concat" if preset == "swifti2v_2k_concat" else "refine"
     assert config.stage2.conditioning == expected
     assert config.memory.text_encoder_on_host and config.memory.release_stage1
-    if preset == "swifti2v_2k_24gb":
-        assert config.memory.dit_weights == "int8" and config.memory.stream_layers == "stage1"
-        assert config.memory.swap_stage1_experts and config.memory.decode_tile_size
-        assert config.memory.encode_tile_size and config.memory.decode_offload_cache
+    if preset in ("swifti2v_2k_24gb", "swifti2v_2k_16gb"):
+        # docs/memory.md: int8 weights, one expert at a time, the tile-major 2K VAE, and a
+        # whole-run plan checked against the target's budgets before any weight loads.
+        memory = config.memory
+        assert memory.dit_weights == "int8" and memory.swap_stage1_experts
+        assert memory.encode_tile_major and memory.encode_tile_size and memory.decode_tile_size
+        assert memory.decode_chunk_latents and memory.vae_cache_dtype == "bfloat16"
+        assert memory.host_budget_gb == 48.0
+        # 24 GB GPU: the int8 expert resident; 16 GB v5e: streamed layer by layer.
+        expected_stream, expected_budget = {
+            "swifti2v_2k_24gb": ("off", 22.0),
+            "swifti2v_2k_16gb": ("stage1", 15.0),
+        }[preset]
+        assert (memory.stream_layers, memory.device_budget_gb) == (expected_stream, expected_budget)
 
 
 def test_text_len_must_be_positive():
