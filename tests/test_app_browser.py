@@ -90,6 +90,8 @@ def browser():
 def _open(browser, url: str):
     """The app in a new browser context (a session of its own)."""
     page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    # Every wait is a hang guard (Playwright's 30 s default fails on loaded cores).
+    page.set_default_timeout(RUN_TIMEOUT_MS)
     page.goto(url)
     page.wait_for_selector("#generate")
     return page
@@ -150,7 +152,8 @@ def _upload(page, path: Path) -> None:
         clear.first.click()
     page.locator("#image input[type=file]").set_input_files(str(path))
     page.wait_for_function(
-        "name => document.querySelector('#image').innerText.includes(name)", arg=path.name
+        "name => document.querySelector('#image').innerText.includes(name)",
+        arg=path.name,
     )
 
 
