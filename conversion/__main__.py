@@ -60,7 +60,9 @@ def convert(
         raise ConversionError(f"--source {source} is not a directory")
     if output.exists():
         raise ConversionError(f"--output {output} already exists; remove it or pick a new path")
-    leftovers.remove_stale(output.parent, f".{output.name}.tmp-*", "conversion folder(s)", log)
+    leftovers.remove_stale(
+        output.parent, leftovers.temp_pattern(output), "conversion folder(s)", log
+    )
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if quantize not in quant.WEIGHT_FORMATS:
@@ -79,7 +81,7 @@ def convert(
     for job in jobs:  # cheap checks of every component before any expensive work
         job.validate()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-{leftovers.tag()}-", dir=output.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{leftovers.temp_name(output)}-", dir=output.parent))
     forget = cli.on_hard_exit(lambda: shutil.rmtree(tmp, ignore_errors=True))
     try:
         for job in jobs:

@@ -83,8 +83,8 @@ def atomic_directory(path: str | os.PathLike, error: type[Exception] = Checkpoin
     if path.exists():
         raise error(exists)
     path.parent.mkdir(parents=True, exist_ok=True)
-    leftovers.remove_stale(path.parent, f".{path.name}.tmp-*", "temporary folder(s)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{leftovers.tag()}-", dir=path.parent))
+    leftovers.remove_stale(path.parent, leftovers.temp_pattern(path), "temporary folder(s)")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{leftovers.temp_name(path)}-", dir=path.parent))
     forget = cli.on_hard_exit(lambda: shutil.rmtree(tmp, ignore_errors=True))
     try:
         yield tmp / path.name

@@ -45,6 +45,17 @@ def tag() -> str:
     return f"p{pid}s{_start_time(pid) or 0}"
 
 
+def temp_name(path: str | os.PathLike) -> str:
+    """`.NAME.tmp-<tag>`: this process' temporary entry beside `path` (callers may add a
+    suffix); `temp_pattern(path)` is the glob that finds any process' such entries."""
+    return f".{Path(path).name}.tmp-{tag()}"
+
+
+def temp_pattern(path: str | os.PathLike) -> str:
+    """The glob matching every `temp_name(path)` entry, for `remove_stale`."""
+    return f".{Path(path).name}.tmp-*"
+
+
 def is_stale(name: str) -> bool:
     """Whether the process named in `name` (by `tag()`) is gone; untagged names: False."""
     match = _TAG.search(name)

@@ -85,8 +85,8 @@ def write_shard(out_dir, shard: int, total: int, named_records: Iterable, note: 
 
     out_dir = Path(out_dir)
     final = out_dir / shard_name(shard, total)
-    leftovers.remove_stale(out_dir, f".{final.name}.tmp-*", "shard file(s)")
-    tmp = out_dir / f".{final.name}.tmp-{leftovers.tag()}"
+    leftovers.remove_stale(out_dir, leftovers.temp_pattern(final), "shard file(s)")
+    tmp = out_dir / leftovers.temp_name(final)
     writer, written, shape, text_dim = None, 0, None, None
     try:
         for _, record in named_records:
